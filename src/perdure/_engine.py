@@ -1,0 +1,550 @@
+"""The Engine: starts, recovers and runs workflows. The only orchestrator.
+
+Sync workflows run on a bounded pool of daemon threads; async workflows run as tasks on an
+event loop (the engine's own loop thread for :class:`Engine`, the caller's loop for
+:class:`~perdure.AsyncEngine`). Both go through the same context and the same store calls.
+
+Ownership: each engine is a worker with an id and a heartbeat row. A workflow it starts or
+claims is owned by it; every journal write is fenced on that ownership. A maintenance thread
+renews the heartbeat and periodically claims workflows whose owner died (its heartbeat is
+older than the lease, or its process is gone from this host) or that a stopping engine
+released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, overload
+
+from . import _context
+from ._context import WorkflowContext
+from ._decorators import WorkflowSpec, registered, registered_names, spec_of
+from ._errors import (
+    ConfigurationError,
+    EngineClosedError,
+    PerdureError,
+    SerializationError,
+    StoreError,
+    WorkflowConflictError,
+    WorkflowInterrupted,
+    WorkflowNotFound,
+)
+from ._handle import WorkflowHandle
+from ._records import StepInfo, WorkflowInfo, decode_inputs, encode_inputs
+from ._serialize import UnserializableValue, dumps_error
+from ._threads import DaemonPool
+from .store import OwnershipLost, Store, WorkerRow, WorkflowRow, WorkflowStatus, open_store
+
+log = logging.getLogger("perdure")
+
+R = TypeVar("R")
+Outcome = tuple[WorkflowStatus, str | None, str | None]
+
+MAX_ID_LENGTH = 255
+
+
+@dataclass
+class _Run:
+    """A workflow running in this engine."""
+
+    workflow_id: str
+    done: threading.Event = field(default_factory=threading.Event)
+    future: Future[Any] | None = None
+
+
+class Engine:
+    """Runs durable workflows against one database.
+
+    Use it as a context manager (``with Engine(url) as engine:``); entering it opens the
+    database, registers this process as a worker and resumes unfinished workflows; leaving it
+    stops promptly (see :meth:`close`).
+
+    Args:
+        url: the database, e.g. ``sqlite:///perdure.db`` (a file beside the program).
+        durability: ``"full"`` (default: a committed step survives power loss) or
+            ``"normal"`` (survives a process crash; saves an fsync per step on SQLite).
+        max_threads: how many sync workflows run at once; more wait their turn.
+        lease_seconds: how long a silent worker keeps its workflows before others take them.
+        heartbeat_interval: how often this worker renews its heartbeat.
+        recovery_interval: how often this worker looks for workflows to take over.
+        shutdown_grace: seconds :meth:`close` gives in-flight steps to finish.
+        recover: whether to take over unfinished workflows (at start and periodically).
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///perdure.db",
+        *,
+        durability: Literal["full", "normal"] = "full",
+        max_threads: int = 64,
+        lease_seconds: float = 10.0,
+        heartbeat_interval: float = 1.0,
+        recovery_interval: float = 2.0,
+        shutdown_grace: float = 2.0,
+        recover: bool = True,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if heartbeat_interval * 2 > lease_seconds:
+            raise ConfigurationError("lease_seconds must be at least twice heartbeat_interval")
+        self.url = url
+        self._durability: Literal["full", "normal"] = durability
+        self._lease = lease_seconds
+        self._heartbeat_interval = heartbeat_interval
+        self._recovery_interval = recovery_interval
+        self._grace = shutdown_grace
+        self._auto_recover = recover
+        self.worker = WorkerRow(uuid.uuid4().hex, socket.gethostname(), os.getpid(), 0.0)
+        self._threads = DaemonPool(max_threads, "perdure-workflow")
+        self._io = DaemonPool(4, "perdure-io")
+        self._loop = _loop
+        self._own_loop_thread: threading.Thread | None = None
+        self._runs: dict[str, _Run] = {}
+        self._runs_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._store: Store | None = None
+        self._maintenance: threading.Thread | None = None
+        self._reported: dict[str, float] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> Engine:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> Engine:
+        """Open the database, join as a worker, resume what is unfinished. Idempotent."""
+        if self._store is not None:
+            return self
+        if self._closing.is_set():
+            raise EngineClosedError("this engine was closed; create a new Engine")
+        self._store = open_store(self.url, durability=self._durability)
+        self._store.heartbeat(self.worker)
+        if self._loop is None:
+            self._start_loop_thread()
+        if self._auto_recover:
+            self.recover()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="perdure-maintenance", daemon=True
+        )
+        self._maintenance.start()
+        return self
+
+    def close(self) -> None:
+        """Stop promptly: take no new work, let in-flight steps finish within the grace
+        period, and release every unfinished workflow for the next engine to resume.
+
+        A workflow that is waiting (or a step that outlives the grace period) does not hold
+        the engine: its thread is abandoned, and fencing keeps it from writing anything.
+        """
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        if self._store is None:
+            return
+        if self._maintenance is not None:
+            self._maintenance.join()
+        self._drain()
+        try:
+            released = self._store.release(self.worker.id)
+            if released:
+                log.info("perdure: released %d unfinished workflow(s) for resumption", released)
+        except PerdureError as exc:
+            log.warning("perdure: could not release workflows on close: %s", exc)
+        if self._own_loop_thread is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._own_loop_thread.join(timeout=1.0)
+        self._threads.shutdown(wait=False)
+        self._io.shutdown(wait=False)
+        self._store.close()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self._grace
+        for run in self._snapshot_runs():
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+        leftover = [run for run in self._snapshot_runs() if not run.done.is_set()]
+        for run in leftover:
+            if run.future is not None:
+                run.future.cancel()  # an async workflow: cancel its task
+        for run in leftover:
+            run.done.wait(0.2)
+
+    def _snapshot_runs(self) -> list[_Run]:
+        with self._runs_lock:
+            return list(self._runs.values())
+
+    def _start_loop_thread(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._own_loop_thread = threading.Thread(target=serve, name="perdure-loop", daemon=True)
+        self._own_loop_thread.start()
+        ready.wait()
+        self._loop = loop
+
+    @property
+    def store(self) -> Store:
+        """The open store.
+
+        Raises:
+            EngineClosedError: the engine is not open.
+        """
+        if self._store is None or self._closing.is_set():
+            raise EngineClosedError(
+                "the engine is not running: use `with perdure.Engine(...) as engine:` "
+                "(or call engine.open())"
+            )
+        return self._store
+
+    # -- starting --------------------------------------------------------------------------
+
+    @overload
+    def start(
+        self, fn: Callable[..., Awaitable[R]], *args: Any, id: str | None = None, **kwargs: Any
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(
+        self, fn: Callable[..., R], *args: Any, id: str | None = None, **kwargs: Any
+    ) -> WorkflowHandle[R]: ...
+
+    def start(
+        self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> WorkflowHandle[Any]:
+        """Start a workflow; return once it and its inputs are durably recorded.
+
+        Args:
+            fn: a function decorated with ``@perdure.workflow``, or its registered name.
+            *args, **kwargs: the workflow's arguments (journaled).
+            id: the workflow id, an idempotency key (default: a new UUID).
+
+        Returns:
+            A handle on the run.
+
+        Raises:
+            WorkflowConflictError: ``id`` exists with another workflow or other inputs.
+            SerializationError: an argument cannot be journaled.
+            UnknownWorkflowError / ConfigurationError: ``fn`` is not a registered workflow.
+            EngineClosedError: the engine is not running.
+        """
+        store = self.store
+        spec = _resolve_spec(fn)
+        workflow_id = validate_workflow_id(id) if id is not None else str(uuid.uuid4())
+        try:
+            inputs = encode_inputs(args, kwargs)
+        except UnserializableValue as exc:
+            raise SerializationError(
+                f"workflow {spec.name!r} cannot journal its input {exc.path}: "
+                f"{exc.type_name}{exc.reason}; pass JSON data, dataclasses, enums or pydantic "
+                "models. Nothing was recorded."
+            ) from None
+        now = time.time()
+        row = WorkflowRow(
+            workflow_id, spec.name, WorkflowStatus.RUNNING, inputs, None, None,
+            self.worker.id, now, now,
+        )  # fmt: skip
+        stored, created = store.create_workflow(row)
+        if created:
+            self._launch(spec, stored, args, kwargs)
+        elif stored.name != spec.name or stored.inputs != inputs:
+            raise WorkflowConflictError(
+                f"workflow id {workflow_id!r} already belongs to a run of {stored.name!r} "
+                f"with {'other inputs' if stored.name == spec.name else 'another workflow'}; "
+                "an id names one run: pick a new id to start a new run"
+            )
+        return WorkflowHandle(self, workflow_id)
+
+    def run(self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None,
+            timeout: float | None = None, **kwargs: Any) -> Any:  # fmt: skip
+        """Start a workflow (see :meth:`start`) and wait for its result.
+
+        Raises:
+            Whatever the workflow raised, or ``ResultTimeoutError`` after ``timeout`` seconds.
+        """
+        return self.start(fn, *args, id=id, **kwargs).result(timeout=timeout)
+
+    def handle(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle on an existing workflow.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+        """
+        self.get_workflow(workflow_id)
+        return WorkflowHandle(self, workflow_id)
+
+    # -- inspecting ------------------------------------------------------------------------
+
+    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        """The workflow's record.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+        """
+        row = self.store.get_workflow(workflow_id)
+        if row is None:
+            raise WorkflowNotFound(workflow_id)
+        return WorkflowInfo.from_row(row)
+
+    def list_workflows(
+        self,
+        status: WorkflowStatus | str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowInfo]:
+        """Workflows, newest first, optionally filtered by status and name."""
+        wanted = WorkflowStatus(status) if status is not None else None
+        return [WorkflowInfo.from_row(r) for r in self.store.list_workflows(wanted, name, limit)]
+
+    def list_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The workflow's journal, by position.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+        """
+        self.get_workflow(workflow_id)
+        return [StepInfo.from_row(r) for r in self.store.load_steps(workflow_id)]
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover(self) -> list[WorkflowHandle[Any]]:
+        """Take over and resume unfinished workflows whose worker died or stopped.
+
+        Runs by itself when the engine opens and every ``recovery_interval`` seconds.
+        Workflows whose name is not registered here are left alone and logged as errors.
+
+        Returns:
+            Handles on the workflows this call resumed.
+        """
+        store = self.store
+        dead = self._dead_workers()
+        handles = []
+        for row in store.claim(self.worker.id, registered_names(), self._lease, dead, 1000):
+            spec = registered(row.name)
+            if spec is None:  # unregistered between the two calls
+                continue
+            log.info("perdure: resuming workflow %r (%s)", row.id, row.name)
+            self._resume(spec, row)
+            handles.append(WorkflowHandle(self, row.id))
+        self._report_unregistered(dead)
+        store.forget_workers(dead)
+        return handles
+
+    def _resume(self, spec: WorkflowSpec, row: WorkflowRow) -> None:
+        try:
+            args, kwargs = decode_inputs(row.inputs, spec.hints())
+        except SerializationError as exc:
+            log.error("perdure: workflow %r cannot read its inputs: %s", row.id, exc)
+            self._finish(row.id, (WorkflowStatus.ERROR, None, dumps_error(exc)))
+            return
+        self._launch(spec, row, args, kwargs)
+
+    def _dead_workers(self) -> list[str]:
+        dead = []
+        stale_before = time.time() - 10 * self._lease
+        for worker in self.store.list_workers():
+            if worker.id == self.worker.id:
+                continue
+            gone = worker.host == self.worker.host and not _process_alive(worker.pid)
+            if gone or worker.heartbeat_at < stale_before:
+                dead.append(worker.id)
+        return dead
+
+    def _report_unregistered(self, dead: list[str]) -> None:
+        orphans = self.store.orphaned_names(self.worker.id, self._lease, dead)
+        now = time.monotonic()
+        for name, count in orphans.items():
+            if registered(name) is None and now - self._reported.get(name, -1e9) > 60:
+                self._reported[name] = now
+                log.error(
+                    "perdure: %d unfinished workflow(s) named %r wait for a process that has "
+                    "that workflow registered; import its module in a worker to resume them",
+                    count,
+                    name,
+                )
+
+    def _maintain(self) -> None:
+        next_recovery = time.monotonic() + self._recovery_interval
+        while not self._closing.wait(self._heartbeat_interval):
+            try:
+                self.store.heartbeat(self.worker)
+                if self._auto_recover and time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self._recovery_interval
+                    self.recover()
+            except EngineClosedError:
+                return
+            except PerdureError as exc:
+                log.warning("perdure: maintenance failed, retrying: %s", exc)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _launch(
+        self, spec: WorkflowSpec, row: WorkflowRow, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        run = _Run(row.id)
+        with self._runs_lock:
+            self._runs[row.id] = run
+        if spec.is_async:
+            assert self._loop is not None
+            coro = self._run_async(spec, row, args, kwargs, run)
+            run.future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        else:
+            self._threads.submit(self._run_sync, spec, row, args, kwargs, run)
+
+    def _context(self, row: WorkflowRow) -> WorkflowContext:
+        assert self._store is not None
+        journal = self._store.load_steps(row.id)
+        return WorkflowContext(
+            row.id, row.name, journal, self._store, self.worker.id, self._closing.is_set, self._io
+        )
+
+    def _run_sync(
+        self,
+        spec: WorkflowSpec,
+        row: WorkflowRow,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run: _Run,
+    ) -> None:
+        try:
+            ctx = self._context(row)
+            token = _context.activate(ctx)
+            try:
+                outcome = ctx.final_outcome(spec.fn(*args, **kwargs))
+            except Exception as exc:
+                outcome = _failed(exc)
+            finally:
+                _context.deactivate(token)
+            self._finish(row.id, outcome)
+        except WorkflowInterrupted:
+            pass
+        except BaseException:
+            self._log_crash(row.id)
+        finally:
+            self._done(run)
+
+    async def _run_async(
+        self,
+        spec: WorkflowSpec,
+        row: WorkflowRow,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run: _Run,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ctx = await loop.run_in_executor(self._io, self._context, row)
+            token = _context.activate(ctx)
+            try:
+                outcome = ctx.final_outcome(await spec.fn(*args, **kwargs))
+            except Exception as exc:
+                outcome = _failed(exc)
+            finally:
+                _context.deactivate(token)
+            await loop.run_in_executor(self._io, self._finish, row.id, outcome)
+        except (WorkflowInterrupted, asyncio.CancelledError):
+            pass
+        except BaseException:
+            self._log_crash(row.id)
+        finally:
+            self._done(run)
+
+    def _finish(self, workflow_id: str, outcome: Outcome) -> None:
+        status, output, error = outcome
+        assert self._store is not None
+        try:
+            self._store.finish_workflow(workflow_id, self.worker.id, status, output, error)
+        except (OwnershipLost, EngineClosedError):
+            raise WorkflowInterrupted(f"{workflow_id!r} is no longer ours to finish") from None
+        except StoreError:
+            if self._closing.is_set():
+                raise WorkflowInterrupted("engine stopped before the result was saved") from None
+            raise
+
+    def _log_crash(self, workflow_id: str) -> None:
+        if self._closing.is_set():
+            return  # the store went away under a run abandoned at shutdown: resumes later
+        log.exception(
+            "perdure: workflow %r stopped on an engine error; it resumes on recovery",
+            workflow_id,
+        )
+
+    def _done(self, run: _Run) -> None:
+        with self._runs_lock:
+            if self._runs.get(run.workflow_id) is run:
+                del self._runs[run.workflow_id]
+        run.done.set()
+
+    def _local_run(self, workflow_id: str) -> _Run | None:
+        with self._runs_lock:
+            return self._runs.get(workflow_id)
+
+
+def _failed(exc: BaseException) -> Outcome:
+    return WorkflowStatus.ERROR, None, dumps_error(exc)
+
+
+def _resolve_spec(fn: Callable[..., Any] | str) -> WorkflowSpec:
+    from ._errors import UnknownWorkflowError
+
+    if isinstance(fn, str):
+        spec = registered(fn)
+        if spec is None:
+            raise UnknownWorkflowError(fn)
+        return spec
+    spec = spec_of(fn)
+    if spec is None:
+        raise ConfigurationError(
+            f"{getattr(fn, '__qualname__', fn)!r} is not a workflow: decorate it with "
+            "@perdure.workflow"
+        )
+    return spec
+
+
+def validate_workflow_id(workflow_id: str) -> str:
+    """Check a caller-chosen workflow id: 1 to 255 characters, no control characters.
+
+    Raises:
+        ConfigurationError: the id is not acceptable.
+    """
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ConfigurationError(f"a workflow id must be a non-empty string, not {workflow_id!r}")
+    if len(workflow_id) > MAX_ID_LENGTH:
+        raise ConfigurationError(
+            f"workflow id is {len(workflow_id)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in workflow_id):
+        raise ConfigurationError(
+            f"workflow id {workflow_id!r} contains a control character or lone surrogate"
+        )
+    return workflow_id
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -1,0 +1,166 @@
+"""The exception tree of perdure: every error perdure raises is a ``PerdureError``.
+
+::
+
+    PerdureError
+    ├── ConfigurationError            bad arguments or settings, found before anything ran
+    ├── SerializationError            a value cannot go into (or come out of) the journal
+    ├── NonDeterminismError           replay met a different step than the journal recorded
+    ├── WorkflowNotFound              no workflow with that id in the store
+    ├── UnknownWorkflowError          the workflow's name is not registered in this process
+    ├── WorkflowConflictError         an id reused with another workflow or other inputs
+    ├── WorkflowFailedError           a workflow ended in error and its exception cannot be rebuilt
+    ├── RecordedStepError             a step failed with an exception that cannot be rebuilt
+    ├── EngineClosedError             the engine is stopped (or stopping) and takes no new work
+    ├── ResultTimeoutError            waiting for a result took longer than the caller allowed
+    └── StoreError                    the database failed or holds data perdure cannot read
+        ├── StoreUnavailableError     the database cannot be reached or opened
+        └── CorruptRecordError        a row exists but cannot be read (bad JSON, unknown version)
+
+Engine control flow (``WorkflowInterrupted``) derives from ``BaseException`` and not from
+``PerdureError``: it unwinds a workflow that must stop running in this process (the engine
+is shutting down, or another process owns the workflow now), and a user's ``except
+Exception`` must not swallow it.
+"""
+
+from __future__ import annotations
+
+
+class PerdureError(Exception):
+    """Root of every error perdure raises."""
+
+
+class ConfigurationError(PerdureError):
+    """Bad arguments or settings, detected before any work was done."""
+
+
+class SerializationError(PerdureError):
+    """A value cannot be written to the journal, or a journaled value cannot be read back.
+
+    Raised before anything is committed: the journal never holds a half-written value.
+    """
+
+
+class NonDeterminismError(PerdureError):
+    """Replay reached a recorded position with a different step than the journal holds.
+
+    Attributes:
+        workflow_id: the workflow being replayed.
+        position: the journal position where the difference appeared.
+        recorded: the step name the journal holds at that position (``None`` if the journal
+            holds nothing there but the code ended early).
+        current: the step name the current code asked for (``None`` if the code returned
+            before reaching recorded steps).
+    """
+
+    def __init__(
+        self, workflow_id: str, position: int, recorded: str | None, current: str | None
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.position = position
+        self.recorded = recorded
+        self.current = current
+        if current is None:
+            what = (
+                f"the code returned at position {position}, but the journal holds step "
+                f"{recorded!r} there"
+            )
+        else:
+            what = (
+                f"the code called step {current!r} at position {position}, but the journal "
+                f"recorded step {recorded!r} there"
+            )
+        super().__init__(
+            f"workflow {workflow_id!r}: {what}. The workflow's code changed since this run "
+            "started. Nothing in the journal was changed: deploy the previous code to finish "
+            "this run, or keep both paths in the code for runs started before the change."
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.workflow_id, self.position, self.recorded, self.current))
+
+
+class WorkflowNotFound(PerdureError):
+    """No workflow with this id exists in the store."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"no workflow with id {workflow_id!r} in this database")
+
+
+class UnknownWorkflowError(PerdureError):
+    """The workflow's name is not registered (decorated and imported) in this process."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        self.name = name
+        super().__init__(
+            f"no workflow named {name!r} is registered in this process{detail}: import the "
+            "module that defines it (decorated with @perdure.workflow) before starting the engine"
+        )
+
+
+class WorkflowConflictError(PerdureError):
+    """A workflow id was reused with a different workflow name or different inputs."""
+
+
+class WorkflowFailedError(PerdureError):
+    """A workflow ended in error and its original exception could not be rebuilt here.
+
+    Attributes:
+        workflow_id: the failed workflow.
+        error_type: the recorded exception's qualified type name.
+        error_message: the recorded exception's message.
+    """
+
+    def __init__(self, workflow_id: str, error_type: str, error_message: str) -> None:
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(f"workflow {workflow_id!r} failed: {error_type}: {error_message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.workflow_id, self.error_type, self.error_message))
+
+
+class RecordedStepError(PerdureError):
+    """A step's recorded exception whose type cannot be rebuilt in this process.
+
+    Replay raises this in place of the original exception when the original class is not
+    importable here or cannot be constructed from its recorded arguments.
+    """
+
+    def __init__(self, error_type: str, error_message: str) -> None:
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(f"{error_type}: {error_message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.error_type, self.error_message))
+
+
+class EngineClosedError(PerdureError):
+    """The engine is stopped or stopping and takes no new work."""
+
+
+class ResultTimeoutError(PerdureError, TimeoutError):
+    """Waiting for a workflow's result took longer than the timeout; the workflow goes on."""
+
+
+class StoreError(PerdureError):
+    """The database failed, or holds data perdure cannot read."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be opened or reached."""
+
+
+class CorruptRecordError(StoreError):
+    """A journal or workflow row exists but cannot be read."""
+
+
+class WorkflowInterrupted(BaseException):  # noqa: N818 - control flow, not an error
+    """Unwinds a workflow that must stop running in this process; never caught by users.
+
+    Raised inside a workflow when the engine shuts down or when another process has taken
+    the workflow over. Nothing is recorded: the workflow resumes from its journal elsewhere.
+    """

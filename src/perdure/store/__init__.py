@@ -1,0 +1,63 @@
+"""The storage boundary: the ``Store`` protocol, its rows, and ``open_store(url)``.
+
+The engine talks to a database only through :class:`Store`. Backends live beside this file
+(``sqlite.py`` now; ``postgres.py`` later) and pass one conformance suite.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import unquote
+
+from .._errors import ConfigurationError
+from ._protocol import (
+    OwnershipLost,
+    StepRow,
+    StepStatus,
+    Store,
+    WorkerRow,
+    WorkflowRow,
+    WorkflowStatus,
+)
+
+__all__ = [
+    "OwnershipLost",
+    "StepRow",
+    "StepStatus",
+    "Store",
+    "WorkerRow",
+    "WorkflowRow",
+    "WorkflowStatus",
+    "open_store",
+]
+
+
+def open_store(url: str, *, durability: Literal["full", "normal"] = "full") -> Store:
+    """Open (and migrate) the store a URL names.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``
+    are understood.
+
+    Raises:
+        ConfigurationError: the URL's scheme is not supported.
+        StoreUnavailableError: the database cannot be opened.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError(
+            f"database URL {url!r} has no scheme: use sqlite:///path/to/file.db"
+        )
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        if not rest.startswith("/"):
+            raise ConfigurationError(
+                f"SQLite URL {url!r} needs three slashes: sqlite:///relative.db or "
+                "sqlite:////absolute/path.db"
+            )
+        store = SQLiteStore(unquote(rest[1:]), durability=durability)
+        store.migrate()
+        return store
+    raise ConfigurationError(
+        f"database URL scheme {scheme!r} is not supported (yet): use sqlite:///path/to/file.db"
+    )

@@ -1,0 +1,399 @@
+"""The embedded SQLite store: the default, for one machine, nothing to install or start.
+
+One connection per store, guarded by a lock (SQLite admits one writer at a time anyway), in
+WAL mode so readers in other processes (a CLI, a second worker) never block the writer.
+``durability="full"`` (the default) sets ``synchronous=FULL``: a committed step survives a
+process crash and a power loss. ``durability="normal"`` sets ``synchronous=NORMAL``: a committed
+step survives a process crash, but the last commits before a power loss may be lost; it saves
+one fsync per commit.
+
+Every journal write is a single autocommitted statement: one transaction, one fsync per step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .._errors import ConfigurationError, CorruptRecordError, StoreError, StoreUnavailableError
+from ._migrations import load_migrations
+from ._protocol import (
+    OwnershipLost,
+    StepRow,
+    StepStatus,
+    WorkerRow,
+    WorkflowRow,
+    WorkflowStatus,
+)
+
+T = TypeVar("T")
+
+_WF_COLUMNS = "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries"
+_STEP_COLUMNS = (
+    "workflow_id, position, name, status, output, error, started_at, finished_at, attempts"
+)
+_UNFINISHED = "status IN ('PENDING', 'RUNNING')"
+_CLAIMABLE = (
+    f"{_UNFINISHED} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
+    "(SELECT id FROM workers WHERE heartbeat_at >= :live_since))"
+)
+
+
+class SQLiteStore:
+    """A :class:`~perdure.store.Store` on one SQLite database file.
+
+    Args:
+        path: the database file (created if missing), or ``":memory:"``.
+        durability: ``"full"`` (fsync on every commit) or ``"normal"`` (see module docs).
+        busy_timeout: seconds to wait for another process's write lock before failing.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: Literal["full", "normal"] = "full",
+        busy_timeout: float = 30.0,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ConfigurationError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.path = path
+        self._lock = threading.Lock()
+        self._closed = False
+        if path != ":memory:":
+            parent = Path(path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise StoreUnavailableError(
+                    f"cannot open SQLite database {path!r}: folder {str(parent)!r} does not exist"
+                )
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={durability.upper()}")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite database {path!r}: {exc}") from exc
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailableError(f"the store for {self.path!r} is closed")
+            try:
+                return fn(self._conn)
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"SQLite database {self.path!r}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"SQLite database {self.path!r}: {exc}") from exc
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply the migration files this database has not seen yet."""
+        migrations = load_migrations("sqlite")
+
+        def apply(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS perdure_schema "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+                )
+                current = conn.execute("SELECT MAX(version) FROM perdure_schema").fetchone()[0]
+                current = current or 0
+                newest = migrations[-1].version if migrations else 0
+                if current > newest:
+                    raise StoreError(
+                        f"SQLite database {self.path!r} has schema version {current}, newer than "
+                        f"this perdure knows ({newest}): upgrade perdure to open it"
+                    )
+                for migration in migrations:
+                    if migration.version <= current:
+                        continue
+                    for statement in migration.statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO perdure_schema VALUES (?, ?, ?)",
+                        (migration.version, migration.name, time.time()),
+                    )
+
+        self._run(apply)
+
+    def close(self) -> None:
+        """Close the connection; later calls raise ``StoreUnavailableError``."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # -- workflows -------------------------------------------------------------------------
+
+    def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
+        """Insert ``row`` unless its id exists; return (stored row, created)."""
+
+        def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
+            cur = conn.execute(
+                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (id) DO NOTHING",
+                _workflow_values(row),
+            )
+            if cur.rowcount == 1:
+                return row, True
+            found = conn.execute(
+                f"SELECT {_WF_COLUMNS} FROM workflows WHERE id = ?", (row.id,)
+            ).fetchone()
+            return _workflow_row(found), False
+
+        return self._run(create)
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        """Return the workflow with this id, or None."""
+        found = self._run(
+            lambda c: c.execute(
+                f"SELECT {_WF_COLUMNS} FROM workflows WHERE id = ?", (workflow_id,)
+            ).fetchone()
+        )
+        return None if found is None else _workflow_row(found)
+
+    def list_workflows(
+        self, status: WorkflowStatus | None, name: str | None, limit: int
+    ) -> list[WorkflowRow]:
+        """Newest first, filtered by status and name when given."""
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_WF_COLUMNS} FROM workflows {where} ORDER BY created_at DESC LIMIT ?"
+        rows = self._run(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [_workflow_row(r) for r in rows]
+
+    def finish_workflow(
+        self,
+        workflow_id: str,
+        owner: str,
+        status: WorkflowStatus,
+        output: str | None,
+        error: str | None,
+    ) -> None:
+        """Record the final outcome and drop ownership, if ``owner`` owns the workflow."""
+        cur = self._run(
+            lambda c: c.execute(
+                "UPDATE workflows SET status = ?, output = ?, error = ?, owner = NULL, "
+                "updated_at = ? WHERE id = ? AND owner = ?",
+                (status.value, output, error, time.time(), workflow_id, owner),
+            )
+        )
+        if cur.rowcount != 1:
+            raise OwnershipLost(f"worker {owner} no longer owns workflow {workflow_id!r}")
+
+    # -- journal ---------------------------------------------------------------------------
+
+    def load_steps(self, workflow_id: str) -> list[StepRow]:
+        """The workflow's journal, by position."""
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY position",
+                (workflow_id,),
+            ).fetchall()
+        )
+        return [_step_row(r) for r in rows]
+
+    def append_step(self, row: StepRow, owner: str) -> None:
+        """Commit one journal entry, fenced on ownership, in one statement and one fsync."""
+
+        def append(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,? "
+                "WHERE EXISTS (SELECT 1 FROM workflows WHERE id = ? AND owner = ?) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    row.workflow_id,
+                    row.position,
+                    row.name,
+                    row.status.value,
+                    row.output,
+                    row.error,
+                    row.started_at,
+                    row.finished_at,
+                    row.attempts,
+                    row.workflow_id,
+                    owner,
+                ),
+            ).rowcount
+
+        if self._run(append) != 1:
+            raise OwnershipLost(
+                f"worker {owner} cannot record position {row.position} of workflow "
+                f"{row.workflow_id!r}: it no longer owns the workflow or the position is taken"
+            )
+
+    # -- ownership -------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerRow) -> None:
+        """Record that ``worker`` is alive now."""
+        self._run(
+            lambda c: c.execute(
+                "INSERT INTO workers (id, host, pid, heartbeat_at) VALUES (?,?,?,?) "
+                "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (worker.id, worker.host, worker.pid, time.time()),
+            )
+        )
+
+    def list_workers(self) -> list[WorkerRow]:
+        """Every worker row, live or not."""
+        rows = self._run(
+            lambda c: c.execute("SELECT id, host, pid, heartbeat_at FROM workers").fetchall()
+        )
+        return [WorkerRow(*r) for r in rows]
+
+    def claim(
+        self,
+        worker_id: str,
+        names: Collection[str],
+        lease_seconds: float,
+        dead_workers: Sequence[str],
+        limit: int,
+    ) -> list[WorkflowRow]:
+        """Take over unfinished workflows whose owner is gone (see the protocol)."""
+        if not names:
+            return []
+        params: dict[str, Any] = {"me": worker_id, "live_since": time.time() - lease_seconds}
+        dead = _named_list(params, "dead", dead_workers)
+        wanted = _named_list(params, "name", names)
+        params.update(now=time.time(), limit=limit)
+        sql = (
+            "UPDATE workflows SET owner = :me, status = 'RUNNING', updated_at = :now, "
+            f"recoveries = recoveries + 1 WHERE id IN (SELECT id FROM workflows WHERE "
+            f"{_CLAIMABLE.format(dead=dead)} AND name IN ({wanted}) ORDER BY created_at "
+            f"LIMIT :limit) RETURNING {_WF_COLUMNS}"
+        )
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
+            with self._transaction(conn):
+                return conn.execute(sql, params).fetchall()
+
+        return [_workflow_row(r) for r in self._run(claim)]
+
+    def orphaned_names(
+        self, worker_id: str, lease_seconds: float, dead_workers: Sequence[str]
+    ) -> dict[str, int]:
+        """Count claimable workflows by name, whatever their name."""
+        params: dict[str, Any] = {"me": worker_id, "live_since": time.time() - lease_seconds}
+        dead = _named_list(params, "dead", dead_workers)
+        sql = (
+            f"SELECT name, COUNT(*) FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
+            "GROUP BY name"
+        )
+        return dict(self._run(lambda c: c.execute(sql, params).fetchall()))
+
+    def release(self, worker_id: str) -> int:
+        """Give up every unfinished workflow ``worker_id`` owns, and forget the worker."""
+
+        def release(conn: sqlite3.Connection) -> int:
+            with self._transaction(conn):
+                count = conn.execute(
+                    f"UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ? "
+                    f"WHERE owner = ? AND {_UNFINISHED}",
+                    (time.time(), worker_id),
+                ).rowcount
+                conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+                return count
+
+        return self._run(release)
+
+    def forget_workers(self, worker_ids: Sequence[str]) -> None:
+        """Delete worker rows that own nothing any more."""
+        if not worker_ids:
+            return
+        params: dict[str, Any] = {}
+        ids = _named_list(params, "w", worker_ids)
+        self._run(
+            lambda c: c.execute(
+                f"DELETE FROM workers WHERE id IN ({ids}) AND id NOT IN "
+                f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {_UNFINISHED})",
+                params,
+            )
+        )
+
+
+def _named_list(params: dict[str, Any], prefix: str, values: Collection[str]) -> str:
+    """Add ``values`` to ``params`` as :prefix0, :prefix1...; return the placeholder list."""
+    names = []
+    for i, value in enumerate(values):
+        params[f"{prefix}{i}"] = value
+        names.append(f":{prefix}{i}")
+    return ", ".join(names) or "NULL"
+
+
+def _workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
+    return (
+        row.id,
+        row.name,
+        row.status.value,
+        row.inputs,
+        row.output,
+        row.error,
+        row.owner,
+        row.created_at,
+        row.updated_at,
+        row.recoveries,
+    )
+
+
+def _workflow_row(r: Sequence[Any]) -> WorkflowRow:
+    try:
+        return WorkflowRow(
+            id=r[0],
+            name=r[1],
+            status=WorkflowStatus(r[2]),
+            inputs=r[3],
+            output=r[4],
+            error=r[5],
+            owner=r[6],
+            created_at=float(r[7]),
+            updated_at=float(r[8]),
+            recoveries=int(r[9]),
+        )
+    except (ValueError, TypeError) as exc:
+        raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc
+
+
+def _step_row(r: Sequence[Any]) -> StepRow:
+    try:
+        return StepRow(
+            workflow_id=r[0],
+            position=int(r[1]),
+            name=r[2],
+            status=StepStatus(r[3]),
+            output=r[4],
+            error=r[5],
+            started_at=float(r[6]),
+            finished_at=float(r[7]),
+            attempts=int(r[8]),
+        )
+    except (ValueError, TypeError) as exc:
+        raise CorruptRecordError(
+            f"journal row {r[1]!r} of workflow {r[0]!r} cannot be read: {exc}"
+        ) from exc
