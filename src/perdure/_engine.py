@@ -165,6 +165,8 @@ class Engine:
         if self._own_loop_thread is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._own_loop_thread.join(timeout=1.0)
+            if not self._own_loop_thread.is_alive():
+                self._loop.close()
         self._threads.shutdown(wait=False)
         self._io.shutdown(wait=False)
         self._store.close()
