@@ -83,11 +83,16 @@ class AsyncEngine:
         self, fn: Callable[..., R], *args: Any, id: str | None = None, **kwargs: Any
     ) -> AsyncWorkflowHandle[R]: ...
 
+    @overload
+    async def start(
+        self, fn: str, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> AsyncWorkflowHandle[Any]: ...
+
     async def start(
         self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None, **kwargs: Any
     ) -> AsyncWorkflowHandle[Any]:
         """Start a workflow (see :meth:`Engine.start`)."""
-        handle = await asyncio.to_thread(self.engine.start, fn, *args, id=id, **kwargs)
+        handle = await asyncio.to_thread(lambda: self.engine.start(fn, *args, id=id, **kwargs))
         return AsyncWorkflowHandle(self.engine, handle.id)
 
     async def run(self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None,

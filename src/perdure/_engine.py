@@ -226,6 +226,11 @@ class Engine:
         self, fn: Callable[..., R], *args: Any, id: str | None = None, **kwargs: Any
     ) -> WorkflowHandle[R]: ...
 
+    @overload
+    def start(
+        self, fn: str, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> WorkflowHandle[Any]: ...
+
     def start(
         self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None, **kwargs: Any
     ) -> WorkflowHandle[Any]:
@@ -335,7 +340,7 @@ class Engine:
         """
         store = self.store
         dead = self._dead_workers()
-        handles = []
+        handles: list[WorkflowHandle[Any]] = []
         for row in store.claim(self.worker.id, registered_names(), self._lease, dead, 1000):
             spec = registered(row.name)
             if spec is None:  # unregistered between the two calls

@@ -158,7 +158,7 @@ class CorruptRecordError(StoreError):
     """A journal or workflow row exists but cannot be read."""
 
 
-class WorkflowInterrupted(BaseException):  # noqa: N818 - control flow, not an error
+class WorkflowInterrupted(BaseException):
     """Unwinds a workflow that must stop running in this process; never caught by users.
 
     Raised inside a workflow when the engine shuts down or when another process has taken

@@ -43,7 +43,7 @@ MAX_DEPTH = 200
 _KNOWN_CLASSES: dict[str, type] = {}
 
 
-class UnserializableValue(Exception):  # noqa: N818 - internal signal, re-raised as SerializationError
+class UnserializableValue(Exception):
     """Raised by :func:`to_json` with the offending type and where in the value it sits."""
 
     def __init__(self, type_name: str, path: str, reason: str = "") -> None:
@@ -239,7 +239,7 @@ def _decode_class(tag: str, raw: dict[str, Any], strict: bool) -> Any:
         return cls(from_json(raw["value"], strict))
     if tag == "$model":
         return cls.model_validate(raw["data"])  # type: ignore[attr-defined]
-    obj = cls.__new__(cls)
+    obj = typing.cast(Any, cls).__new__(cls)
     for name, value in raw["fields"].items():
         object.__setattr__(obj, name, from_json(value, strict))
     return obj

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_app
 
 import perdure
+from conftest import run_app
 
 pytestmark = pytest.mark.crash
 

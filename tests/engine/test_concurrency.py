@@ -132,7 +132,7 @@ def test_engine_requires_registered_workflows(engine: perdure.Engine) -> None:
     def plain() -> None:
         return None
 
-    with pytest.raises(perdure.ConfigurationError, match="decorate it with @perdure.workflow"):
+    with pytest.raises(perdure.ConfigurationError, match=r"decorate it with @perdure\.workflow"):
         engine.start(plain)
     with pytest.raises(perdure.UnknownWorkflowError, match="no_such_flow"):
         engine.start("no_such_flow")

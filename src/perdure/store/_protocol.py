@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 from .._errors import StoreError
 
 
-class WorkflowStatus(str, Enum):
+class WorkflowStatus(StrEnum):
     """Where a workflow stands.
 
     PENDING: recorded, not running anywhere (never claimed, or released by a stopping engine).
@@ -39,14 +39,14 @@ class WorkflowStatus(str, Enum):
         return self in (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR)
 
 
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     """How a journaled step ended."""
 
     SUCCESS = "SUCCESS"
     ERROR = "ERROR"
 
 
-class OwnershipLost(StoreError):  # noqa: N818 - reads as a fact, like WorkflowNotFound
+class OwnershipLost(StoreError):
     """The writing worker no longer owns the workflow: another worker took it over."""
 
 

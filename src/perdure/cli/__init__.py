@@ -1,0 +1,409 @@
+"""The ``perdure`` command line: look into a database of workflows, and run the demo.
+
+::
+
+    perdure list [--db URL] [--status S] [--name N] [--limit 50] [--json]
+    perdure show ID [--db URL] [--json]
+    perdure demo [--db URL]
+
+The database is ``--db``, else the ``PERDURE_DB`` environment variable, else
+``sqlite:///perdure.db`` (for ``demo``: a fresh database in a temporary folder). ``list`` and
+``show`` only read the store through :mod:`perdure._admin`: they never start an Engine, so
+they never join as a worker or resume anyone's workflows.
+
+Exit codes scripts can rely on:
+
+* 0: it worked.
+* 1: no such workflow (or no such thing, e.g. the demo is not installed).
+* 2: usage error (a bad option, a bad database URL).
+* 3: the database is unavailable or unreadable.
+
+Errors go to stderr as one line starting with ``perdure:``. Times are shown in UTC.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar, cast
+
+import click
+
+from .. import __version__, _admin
+from .._errors import (
+    ConfigurationError,
+    PerdureError,
+    SerializationError,
+    StoreError,
+    WorkflowNotFound,
+)
+from .._records import StepInfo, WorkflowInfo
+from ..store import Store, WorkflowStatus, open_store
+
+__all__ = [
+    "DEFAULT_DB",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_STORE",
+    "EXIT_USAGE",
+    "cli",
+    "main",
+]
+
+DEFAULT_DB = "sqlite:///perdure.db"
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+
+_GAP = "  "
+_STEP_PREVIEW = 60  # output preview width when stdout is not a terminal
+_HEADER_PREVIEW = 100  # inputs/result preview width when stdout is not a terminal
+_STATUS_COLORS = {
+    WorkflowStatus.SUCCESS.value: "green",
+    WorkflowStatus.ERROR.value: "red",
+    WorkflowStatus.RUNNING.value: "yellow",
+    WorkflowStatus.PENDING.value: "cyan",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print ``perdure: message`` on one line to stderr and exit with ``code``."""
+    click.echo(f"perdure: {_one_line(message)}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+@contextmanager
+def _reporting_errors() -> Iterator[None]:
+    """Turn perdure's errors into one-line messages and the documented exit codes."""
+    try:
+        yield
+    except WorkflowNotFound as exc:
+        _fail(str(exc), EXIT_NOT_FOUND)
+    except ConfigurationError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (StoreError, SerializationError) as exc:
+        _fail(str(exc), EXIT_STORE)
+    except PerdureError as exc:
+        _fail(f"{type(exc).__name__}: {exc}", EXIT_NOT_FOUND)
+
+
+@contextmanager
+def _opened(url: str) -> Iterator[Store]:
+    """The store ``url`` names, closed on the way out; errors reported as exit codes."""
+    with _reporting_errors():
+        store = open_store(url)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def _db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        "db",
+        envvar="PERDURE_DB",
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="URL",
+        help="Database URL (env: PERDURE_DB), e.g. sqlite:///path/to/perdure.db.",
+    )(fn)
+
+
+def _demo_db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        "db",
+        envvar="PERDURE_DB",
+        default=None,
+        metavar="URL",
+        help="Database URL (env: PERDURE_DB). Default: a fresh database in a temporary folder.",
+    )(fn)
+
+
+def _json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
+
+
+def _terminal_width() -> int | None:
+    """Columns to fit output into: the terminal's (or $COLUMNS), None when piped."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size().columns)
+    return None
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped, safe for a cell."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if unicodedata.category(ch) != "Cc" else repr(ch)[1:-1] for ch in text
+    ).replace("\u2028", "\\u2028")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _time(value: Any, *, short: bool = False, millis: bool = False) -> str:
+    if short:
+        return str(value.strftime("%m-%d %H:%M:%S"))
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    if millis:
+        text += f".{value.microsecond // 1000:03d}"
+    return str(text)
+
+
+def _millis(ms: float) -> str:
+    """A duration in milliseconds: two decimals below 10 ms, one above, thousands grouped."""
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:,.1f} ms"
+
+
+def _status(text: str) -> str:
+    """Color a (padded) status cell; click strips the color when stdout is not a terminal."""
+    color = _STATUS_COLORS.get(text.strip())
+    return click.style(text, fg=color) if color else text
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Column:
+    header: str
+    cells: list[str]
+    right: bool = False  # right-aligned (numbers)
+    width: int = 0
+
+    def __post_init__(self) -> None:
+        self.cells = [_one_line(cell) for cell in self.cells]
+        self.width = max([len(self.header), *map(len, self.cells)])
+
+
+def _total(columns: Sequence[_Column]) -> int:
+    return sum(c.width for c in columns) + len(_GAP) * (len(columns) - 1)
+
+
+def _shrink(columns: Sequence[_Column], header: str, minimum: int, width: int | None) -> None:
+    """Narrow the column named ``header`` (not below ``minimum``) until the table fits."""
+    if width is None:
+        return
+    for column in columns:
+        if column.header == header:
+            excess = _total(columns) - width
+            if excess > 0:
+                column.width = max(min(minimum, column.width), column.width - excess)
+
+
+def _render_table(columns: Sequence[_Column], indent: str = "") -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        parts = []
+        for column, cell in zip(columns, cells, strict=True):
+            cell = _clip(cell, column.width)
+            padded = cell.rjust(column.width) if column.right else cell.ljust(column.width)
+            parts.append(_status(padded) if column.header == "status" else padded)
+        return (indent + _GAP.join(parts)).rstrip()
+
+    lines = [line([c.header for c in columns])]
+    lines.extend(line(cells) for cells in zip(*(c.cells for c in columns), strict=True))
+    return lines
+
+
+def _workflow_table(infos: Sequence[WorkflowInfo], width: int | None) -> list[str]:
+    """The ``list`` table, made to fit ``width``: first times get shorter, then the updated
+    column goes, then the name and finally the id are cut with "…"."""
+
+    def columns(short: bool, updated: bool, recoveries: str) -> list[_Column]:
+        cols = [
+            _Column("id", [i.id for i in infos]),
+            _Column("name", [i.name for i in infos]),
+            _Column("status", [i.status.value for i in infos]),
+            _Column("created (UTC)", [_time(i.created_at, short=short) for i in infos]),
+        ]
+        if updated:
+            cols.append(_Column("updated (UTC)", [_time(i.updated_at, short=short) for i in infos]))
+        cols.append(_Column(recoveries, [str(i.recoveries) for i in infos], right=True))
+        return cols
+
+    cols = columns(False, True, "recoveries")
+    for short, updated, recoveries in (
+        (True, True, "recoveries"),
+        (True, True, "recov"),
+        (True, False, "recov"),
+    ):
+        if width is None or _total(cols) <= width:
+            break
+        cols = columns(short, updated, recoveries)
+    _shrink(cols, "name", 12, width)
+    _shrink(cols, "name", 8, width)
+    _shrink(cols, "id", 8, width)
+    return _render_table(cols)
+
+
+def _step_table(steps: Sequence[StepInfo], width: int | None) -> list[str]:
+    """The ``show`` timeline: one row per journal step."""
+    cols = [
+        _Column("#", [str(s.position) for s in steps], right=True),
+        _Column("name", [s.name for s in steps]),
+        _Column("status", [s.status.value for s in steps]),
+        _Column(
+            "duration",
+            [_millis(s.duration.total_seconds() * 1000) for s in steps],
+            right=True,
+        ),
+        _Column("attempts", [str(s.attempts) for s in steps], right=True),
+    ]
+    indent = "  "
+    if width is not None:
+        cols[1].width = min(cols[1].width, 30)
+        room = width - len(indent) - _total(cols) - len(_GAP)
+        preview_width = max(20, room)
+    else:
+        preview_width = _STEP_PREVIEW
+    outcomes = [
+        _admin.error_text(s.error, preview_width)
+        if s.error is not None
+        else _admin.preview(s.output, preview_width)
+        for s in steps
+    ]
+    cols.append(_Column("output / error", outcomes))
+    return _render_table(cols, indent)
+
+
+def _header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
+    """The ``show`` header: one ``label  value`` line per fact about the workflow."""
+    label_width = 12
+    room = _HEADER_PREVIEW if width is None else max(20, width - label_width)
+    rows: list[tuple[str, str]] = [
+        ("id", info.id),
+        ("name", info.name),
+        ("status", info.status.value),
+        ("inputs", _admin.preview_call(info.args, info.kwargs, room)),
+    ]
+    if info.error is not None:
+        rows.append(("error", _admin.error_text(info.error, room)))
+    elif info.status is WorkflowStatus.SUCCESS:
+        rows.append(("result", _admin.preview(info.output, room)))
+    rows += [
+        ("created", _time(info.created_at, millis=True) + " UTC"),
+        ("updated", _time(info.updated_at, millis=True) + " UTC"),
+        ("recoveries", str(info.recoveries)),
+    ]
+    if info.owner is not None:
+        rows.append(("owner", info.owner))
+    lines = []
+    for label, value in rows:
+        value = _one_line(value)
+        if width is not None:
+            value = _clip(value, max(20, width - label_width))
+        lines.append(f"{label:<{label_width}}{_status(value) if label == 'status' else value}")
+    return lines
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="perdure")
+def cli() -> None:
+    """Inspect perdure workflows and their step journals.
+
+    The database is --db URL, else $PERDURE_DB, else sqlite:///perdure.db. Times are UTC.
+
+    Exit codes: 0 ok, 1 not found, 2 usage error, 3 database unavailable or unreadable.
+    """
+
+
+@cli.command("list")
+@_db_option
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in WorkflowStatus], case_sensitive=False),
+    help="Only workflows with this status.",
+)
+@click.option("--name", metavar="NAME", help="Only workflows with this registered name.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=_admin.DEFAULT_LIMIT,
+    show_default=True,
+    help="At most this many workflows.",
+)
+@_json_option
+def list_command(db: str, status: str | None, name: str | None, limit: int, as_json: bool) -> None:
+    """List workflows, newest first."""
+    with _opened(db) as store, _reporting_errors():
+        infos = _admin.list_workflows(store, status, name, limit)
+    if as_json:
+        _echo_json([_admin.workflow_to_dict(info) for info in infos])
+    elif not infos:
+        which = " matching" if status or name else ""
+        click.echo(f"No{which} workflows in {db}.")
+    else:
+        for line in _workflow_table(infos, _terminal_width()):
+            click.echo(line)
+
+
+@cli.command("show")
+@click.argument("workflow_id", metavar="ID")
+@_db_option
+@_json_option
+def show_command(workflow_id: str, db: str, as_json: bool) -> None:
+    """Show one workflow and its step timeline."""
+    with _opened(db) as store, _reporting_errors():
+        info = _admin.get_workflow(store, workflow_id)
+        steps = _admin.list_steps(store, workflow_id)
+    if as_json:
+        data = _admin.workflow_to_dict(info)
+        data["steps"] = [_admin.step_to_dict(step) for step in steps]
+        _echo_json(data)
+        return
+    width = _terminal_width()
+    for line in _header_lines(info, width):
+        click.echo(line)
+    click.echo()
+    if not steps:
+        click.echo("No steps recorded.")
+        return
+    click.echo(f"Steps ({len(steps)}):")
+    for line in _step_table(steps, width):
+        click.echo(line)
+
+
+@cli.command("demo")
+@_demo_db_option
+def demo_command(db: str | None) -> None:
+    """Run the durable agent demo: an agent killed mid-run with SIGKILL, then resumed."""
+    module_name = f"{__name__}._demo"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        _fail(f"the demo is not available in this installation ({module_name} is missing)", 1)
+    run_demo = cast(Callable[[str | None], int], module.run_demo)
+    with _reporting_errors():
+        code = run_demo(db)
+    raise click.exceptions.Exit(code)
+
+
+def main() -> None:
+    """Run the ``perdure`` command line (the console script's entry point)."""
+    cli(prog_name="perdure")
