@@ -60,7 +60,10 @@ class WorkflowInfo:
     @classmethod
     def from_row(cls, row: WorkflowRow) -> WorkflowInfo:
         """Build from a store row."""
-        args, kwargs = decode_inputs(row.inputs, None, strict=False)
+        try:
+            args, kwargs = decode_inputs(row.inputs, None, strict=False)
+        except SerializationError:
+            args, kwargs = (f"<unreadable inputs: {row.inputs[:200]!r}>",), {}
         return cls(
             id=row.id,
             name=row.name,

@@ -162,6 +162,15 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit to print."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.partition("@")
+    if not sep or not at or ":" not in credentials or "/" in credentials:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{host}"
+
+
 def _time(value: Any, *, short: bool = False, millis: bool = False) -> str:
     if short:
         return str(value.strftime("%m-%d %H:%M:%S"))
@@ -355,7 +364,7 @@ def list_command(db: str, status: str | None, name: str | None, limit: int, as_j
         _echo_json([_admin.workflow_to_dict(info) for info in infos])
     elif not infos:
         which = " matching" if status or name else ""
-        click.echo(f"No{which} workflows in {db}.")
+        click.echo(f"No{which} workflows in {_without_password(db)}.")
     else:
         for line in _workflow_table(infos, _terminal_width()):
             click.echo(line)
