@@ -46,7 +46,7 @@ class WorkflowContext:
         store: where new steps are committed.
         owner: this worker's id, the fencing token for every write.
         stopping: tells whether the engine is shutting down (no new step may start).
-        io: executor for store writes made from async code.
+        io: executor for store writes made from async code (None: write inline).
     """
 
     def __init__(
@@ -160,8 +160,13 @@ class WorkflowContext:
         self.executed += 1
 
     async def commit_async(self, row: StepRow) -> None:
-        """:meth:`commit` from async code, without blocking the event loop on the fsync."""
-        await asyncio.get_running_loop().run_in_executor(self._io, self.commit, row)
+        """:meth:`commit` from async code: on the I/O executor, so the event loop never waits
+        on an fsync; inline when no executor was given (commits that do not fsync are
+        cheaper than the thread hop)."""
+        if self._io is None:
+            self.commit(row)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.commit, row)
 
     def final_outcome(self, result: Any) -> tuple[WorkflowStatus, str | None, str | None]:
         """(status, output, error) to store for a run that returned ``result``."""

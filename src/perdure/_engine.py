@@ -105,7 +105,7 @@ class Engine:
         self._auto_recover = recover
         self.worker = WorkerRow(uuid.uuid4().hex, socket.gethostname(), os.getpid(), 0.0)
         self._threads = DaemonPool(max_threads, "perdure-workflow")
-        self._io = DaemonPool(4, "perdure-io")
+        self._io = DaemonPool(1, "perdure-io")
         self._loop = _loop
         self._own_loop_thread: threading.Thread | None = None
         self._runs: dict[str, _Run] = {}
@@ -416,8 +416,12 @@ class Engine:
     def _context(self, row: WorkflowRow) -> WorkflowContext:
         assert self._store is not None
         journal = self._store.load_steps(row.id)
+        # With durability="normal" a commit does not fsync: async steps commit inline, which
+        # costs less than the hop to an I/O thread. With "full" they hop, so the event loop
+        # never waits on an fsync.
+        io = self._io if self._durability == "full" else None
         return WorkflowContext(
-            row.id, row.name, journal, self._store, self.worker.id, self._closing.is_set, self._io
+            row.id, row.name, journal, self._store, self.worker.id, self._closing.is_set, io
         )
 
     def _run_sync(

@@ -42,6 +42,9 @@ MAX_DEPTH = 200
 
 _KNOWN_CLASSES: dict[str, type] = {}
 
+# One encoder, built once: json.dumps with non-default arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
 
 class UnserializableValue(Exception):
     """Raised by :func:`to_json` with the offending type and where in the value it sits."""
@@ -60,7 +63,7 @@ def class_key(cls: type) -> str:
 
 def _remember(cls: type) -> str:
     key = class_key(cls)
-    _KNOWN_CLASSES.setdefault(key, cls)
+    _KNOWN_CLASSES[key] = cls  # the latest definition wins (reloads, notebooks)
     return key
 
 
@@ -70,13 +73,17 @@ def dumps(value: Any) -> str:
     Raises:
         UnserializableValue: the value holds something the codec does not support.
     """
-    return json.dumps(to_json(value), separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(to_json(value))
 
 
 def to_json(value: Any, path: str = "", depth: int = 0) -> Any:
     """Turn ``value`` into plain JSON-compatible data with tags for the richer types."""
     t = type(value)
-    if t is str or t is int or t is bool or value is None:
+    if t is str or t is bool or value is None:
+        return value
+    if t is int:
+        if value.bit_length() > 14_000:  # Python refuses to print ints past 4,300 digits
+            raise UnserializableValue("int", path, ": too many digits for JSON")
         return value
     if depth > MAX_DEPTH:
         raise UnserializableValue(t.__name__, path, f": nested deeper than {MAX_DEPTH} levels")
@@ -143,7 +150,8 @@ def _object_to_json(value: Any, path: str, depth: int) -> Any:
             data = value.model_dump(mode="json", round_trip=True)
         except Exception as exc:  # pydantic raises its own error types for unserializable fields
             raise UnserializableValue(cls.__qualname__, path, f": {exc}") from exc
-        return {"$model": _remember(cls), "data": data}
+        # mode="json" can still leave NaN/inf floats in the data: encode it like any value.
+        return {"$model": _remember(cls), "data": to_json(data, path, depth + 1)}
     raise UnserializableValue(f"{cls.__module__}.{cls.__qualname__}", path)
 
 
@@ -170,9 +178,12 @@ def loads(text: str, hint: Any = None, *, strict: bool = True) -> Any:
         remember_hint(hint)
     try:
         raw = json.loads(text)
-    except (ValueError, TypeError) as exc:
-        raise SerializationError(f"stored value is not valid JSON: {exc}") from exc
-    return from_json(raw, strict)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise SerializationError(f"stored value is not valid JSON: {exc}") from None
+    try:
+        return from_json(raw, strict)
+    except RecursionError:
+        raise SerializationError("stored value is nested too deeply to read") from None
 
 
 def from_json(raw: Any, strict: bool = True) -> Any:
@@ -197,7 +208,7 @@ def _decode_tagged(tag: str, raw: dict[str, Any], strict: bool) -> Any:
             return simple(body, strict)
         if tag in ("$enum", "$dataclass", "$model"):
             return _decode_class(tag, raw, strict)
-    except SerializationError:
+    except (SerializationError, RecursionError):
         raise
     except Exception as exc:
         raise SerializationError(f"cannot read stored {tag[1:]} value {body!r}: {exc}") from exc
@@ -238,7 +249,10 @@ def _decode_class(tag: str, raw: dict[str, Any], strict: bool) -> Any:
     if tag == "$enum":
         return cls(from_json(raw["value"], strict))
     if tag == "$model":
-        return cls.model_validate(raw["data"])  # type: ignore[attr-defined]
+        # JSON-mode data validated in Python mode: strict models must accept it (strings for
+        # datetimes, lists for tuples), so validation is lax here.
+        data = from_json(raw["data"], strict)
+        return cls.model_validate(data, strict=False)  # type: ignore[attr-defined]
     obj = typing.cast(Any, cls).__new__(cls)
     for name, value in raw["fields"].items():
         object.__setattr__(obj, name, from_json(value, strict))
@@ -291,17 +305,22 @@ def dumps_error(exc: BaseException) -> str:
     """Encode an exception as journal JSON: its type, message and, when they encode, its
     constructor arguments and attributes (so replay can raise an equal exception)."""
     cls = type(exc)
-    record: dict[str, Any] = {"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc)}
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {cls.__qualname__}>"
+    record: dict[str, Any] = {"type": f"{cls.__module__}:{cls.__qualname__}", "message": message}
     try:
         reduced = exc.__reduce__()
         if isinstance(reduced, tuple) and len(reduced) >= 2 and reduced[0] is cls:
             record["args"] = to_json(list(reduced[1]))
             if len(reduced) > 2 and reduced[2]:
                 record["state"] = to_json(reduced[2])
-    except (UnserializableValue, TypeError):
+        _ENCODER.encode(record)  # args that encode but cannot print (huge ints) go too
+    except (UnserializableValue, TypeError, ValueError):
         record.pop("args", None)
         record.pop("state", None)
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(record)
 
 
 def error_summary(text: str) -> tuple[str, str]:

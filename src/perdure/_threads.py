@@ -54,13 +54,23 @@ class DaemonPool(Executor):
             if item is None:
                 return
             future, call = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(call())
-                except BaseException as exc:
-                    future.set_exception(exc)
-            with self._lock:
-                self._idle += 1
+            if not future.set_running_or_notify_cancel():
+                self._mark_idle()
+                continue
+            try:
+                result = call()
+            except BaseException as exc:
+                self._mark_idle()
+                future.set_exception(exc)
+            else:
+                # Count this thread idle before waking the caller, whose next submit must
+                # reuse it rather than start another thread.
+                self._mark_idle()
+                future.set_result(result)
+
+    def _mark_idle(self) -> None:
+        with self._lock:
+            self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; idle threads exit. Busy threads are never waited for."""
