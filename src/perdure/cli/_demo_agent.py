@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import perdure
 from perdure import PerdureError
@@ -102,8 +102,8 @@ def _openai_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
     client = openai.OpenAI()
     response = client.chat.completions.create(
         model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"),
-        messages=messages,
-        tools=TOOLS,
+        messages=cast(Any, messages),
+        tools=cast(Any, TOOLS),
     )
     message = response.choices[0].message
     calls = [
