@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
+from . import _context
 from ._engine import Engine
 from ._handle import AsyncWorkflowHandle
 from ._records import StepInfo, WorkflowInfo
@@ -50,6 +51,8 @@ class AsyncEngine:
         }
         self.url = url
         self._engine: Engine | None = None
+        self._previous_factory: Any = None
+        self._factory: Any = None
 
     async def __aenter__(self) -> AsyncEngine:
         return await self.open()
@@ -65,13 +68,26 @@ class AsyncEngine:
         return self._engine
 
     async def open(self) -> AsyncEngine:
-        """Open the database, join as a worker, resume what is unfinished."""
+        """Open the database, join as a worker, resume what is unfinished.
+
+        Installs a task factory on the running loop (wrapping any factory already there) so
+        tasks a workflow starts get their own replay branch; :meth:`close` restores it.
+        """
+        loop = asyncio.get_running_loop()
+        if self._factory is None:
+            self._previous_factory = loop.get_task_factory()
+            self._factory = _context.task_factory(self._previous_factory)
+            loop.set_task_factory(self._factory)
         await asyncio.to_thread(self.engine.open)
         return self
 
     async def close(self) -> None:
         """Stop promptly (see :meth:`Engine.close`)."""
         await asyncio.to_thread(self.engine.close)
+        loop = asyncio.get_running_loop()
+        if self._factory is not None and loop.get_task_factory() is self._factory:
+            loop.set_task_factory(self._previous_factory)
+        self._factory = None
 
     @overload
     async def start(

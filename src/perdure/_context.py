@@ -1,9 +1,10 @@
 """The running workflow's context: journal positions, replay, and deterministic helpers.
 
 A :class:`WorkflowContext` lives in a context variable while a workflow runs. Each step call
-takes the next position; if the journal (read once, when the run starts) holds that position,
-the recorded outcome is returned and the step body does not run. Otherwise the body runs and
-its outcome is committed (one store write) before the call returns.
+takes the next replay key of its branch (the workflow's main line, or a task the workflow
+started); if the journal (read once, when the run starts) holds that key, the recorded outcome
+is returned and the step body does not run. Otherwise the body runs and its outcome is
+committed (one store write) before the call returns.
 
 Sync and async steps share every decision here; they differ only in how the body is called
 and how the single store write is made (directly, or on the I/O executor for async code).
@@ -12,6 +13,7 @@ and how the single store write is made (directly, or on the I/O executor for asy
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import random as _random
 import time
@@ -30,10 +32,39 @@ from ._errors import (
     SerializationError,
     WorkflowInterrupted,
 )
-from .store import OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
+from .store import Lease, OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
 
 _current: ContextVar[WorkflowContext | None] = ContextVar("perdure_workflow", default=None)
 _in_step: ContextVar[bool] = ContextVar("perdure_in_step", default=False)
+_branch: ContextVar[Branch | None] = ContextVar("perdure_branch", default=None)
+
+
+class Branch:
+    """A line of execution inside a workflow: the main line, or a task it started.
+
+    Steps take replay keys from their branch's own counter, so tasks that run concurrently
+    never take each other's keys, whatever order they run in. A task's branch is fixed when
+    the task is created (creation order is deterministic: it is the workflow's code order).
+    """
+
+    __slots__ = ("children", "prefix", "seq")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seq = 0
+        self.children = 0
+
+    def next_key(self) -> str:
+        """The replay key of this branch's next step call."""
+        key = f"{self.prefix}{self.seq}"
+        self.seq += 1
+        return key
+
+    def child(self) -> Branch:
+        """The branch of the next task this branch creates."""
+        branch = Branch(f"{self.prefix}t{self.children}/")
+        self.children += 1
+        return branch
 
 
 class WorkflowContext:
@@ -44,7 +75,7 @@ class WorkflowContext:
         name: the workflow's registered name.
         journal: the steps recorded so far, read once when the run starts.
         store: where new steps are committed.
-        owner: this worker's id, the fencing token for every write.
+        lease: this run's lease, the fencing token for every write.
         stopping: tells whether the engine is shutting down (no new step may start).
         io: executor for store writes made from async code (None: write inline).
     """
@@ -55,49 +86,62 @@ class WorkflowContext:
         name: str,
         journal: list[StepRow],
         store: Store,
-        owner: str,
+        lease: Lease,
         stopping: Callable[[], bool],
         io: Executor | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.name = name
         self.store = store
-        self.owner = owner
-        self._journal: dict[int, StepRow] = {row.position: row for row in journal}
+        self.lease = lease
+        self.root = Branch("")
+        self._journal: dict[str, StepRow] = {row.key: row for row in journal}
+        self._used: set[str] = set()
         self._stopping = stopping
         self._io = io
-        self._next = 0
+        self._position = max((row.position for row in journal), default=-1) + 1
+        self._broken: NonDeterminismError | None = None
         self.replayed = 0
         self.executed = 0
 
-    # -- positions and replay --------------------------------------------------------------
+    # -- keys and replay -------------------------------------------------------------------
 
-    def reserve(self) -> int:
-        """Take the next journal position (in call order; never reused in this run)."""
-        position = self._next
-        self._next += 1
-        return position
+    def reserve(self) -> str:
+        """Take the next replay key of the calling branch (call order within the branch)."""
+        branch = _branch.get()
+        key = (branch or self.root).next_key()
+        self._used.add(key)
+        return key
 
-    def lookup(self, position: int, name: str) -> StepRow | None:
-        """The recorded step at ``position``, or None if the run is past the journal.
+    def lookup(self, key: str, name: str) -> StepRow | None:
+        """The recorded step with this key, or None if the run is past the journal there.
 
         Raises:
-            NonDeterminismError: a different step was recorded at this position.
+            NonDeterminismError: a different step was recorded under this key (and every
+                later call of this run raises it again: user code cannot swallow it).
         """
-        row = self._journal.get(position)
+        if self._broken is not None:
+            raise self._broken
+        row = self._journal.get(key)
         if row is not None and row.name != name:
-            raise NonDeterminismError(self.workflow_id, position, row.name, name)
+            self._broken = NonDeterminismError(self.workflow_id, key, row.name, name)
+            raise self._broken
         return row
 
     def replay(self, row: StepRow, hint: Any) -> Any:
         """Return a recorded step's value, or raise its recorded exception again."""
         self.replayed += 1
         if row.status is StepStatus.SUCCESS:
-            try:
-                return _serialize.loads(row.output or "null", hint)
-            except SerializationError as exc:
-                raise SerializationError(f"{self._where(row.position, row.name)}: {exc}") from exc
+            return self.decode(row, hint)
         raise rebuild_error(row.error or "{}")
+
+    def decode(self, row: StepRow, hint: Any) -> Any:
+        """A recorded step's value, rebuilt (the first run returns this too, not the original
+        object, so the first run and every replay see the same value)."""
+        try:
+            return _serialize.loads(row.output or "null", hint)
+        except SerializationError as exc:
+            raise SerializationError(f"{self._where(row.key, row.name)}: {exc}") from exc
 
     def check_can_start_step(self) -> None:
         """Raise ``WorkflowInterrupted`` if the engine is stopping: no new step may start."""
@@ -108,16 +152,19 @@ class WorkflowContext:
         """At the end of a run: fail if the journal holds steps the code did not reach.
 
         Raises:
-            NonDeterminismError: the code returned before a recorded position.
+            NonDeterminismError: the code returned before a recorded step.
         """
-        beyond = [p for p in self._journal if p >= self._next]
-        if beyond:
-            first = min(beyond)
-            raise NonDeterminismError(self.workflow_id, first, self._journal[first].name, None)
+        if self._broken is not None:
+            raise self._broken
+        missed = [row for key, row in self._journal.items() if key not in self._used]
+        if missed:
+            first = min(missed, key=lambda row: row.position)
+            self._broken = NonDeterminismError(self.workflow_id, first.key, first.name, None)
+            raise self._broken
 
     # -- recording -------------------------------------------------------------------------
 
-    def success_row(self, position: int, name: str, value: Any, started: float) -> StepRow:
+    def success_row(self, key: str, name: str, value: Any, started: float) -> StepRow:
         """Build the journal entry for a step that returned ``value``.
 
         Raises:
@@ -127,36 +174,40 @@ class WorkflowContext:
             output = _serialize.dumps(value)
         except _serialize.UnserializableValue as exc:
             raise SerializationError(
-                f"{self._where(position, name)} returned a value perdure cannot journal: "
+                f"{self._where(key, name)} returned a value perdure cannot journal: "
                 f"{exc.type_name} at {exc.path or 'the top level'}{exc.reason}. Return JSON "
                 "data, a dataclass, an Enum or a pydantic model; nothing was committed"
             ) from None
-        return StepRow(
-            self.workflow_id, position, name, StepStatus.SUCCESS, output, None, started, time.time()
-        )
+        return self._row(key, name, StepStatus.SUCCESS, output, None, started)
 
-    def failure_row(self, position: int, name: str, exc: BaseException, started: float) -> StepRow:
+    def failure_row(self, key: str, name: str, exc: BaseException, started: float) -> StepRow:
         """Build the journal entry for a step that raised ``exc``."""
-        error = _serialize.dumps_error(exc)
-        return StepRow(
-            self.workflow_id, position, name, StepStatus.ERROR, None, error, started, time.time()
-        )
+        return self._row(key, name, StepStatus.ERROR, None, _serialize.dumps_error(exc), started)
+
+    def _row(
+        self, key: str, name: str, status: StepStatus, out: str | None, err: str | None, t0: float
+    ) -> StepRow:
+        position = self._position
+        self._position += 1
+        return StepRow(self.workflow_id, position, key, name, status, out, err, t0, time.time())
 
     def commit(self, row: StepRow) -> None:
         """Write one journal entry durably.
 
         Raises:
-            WorkflowInterrupted: this worker no longer owns the workflow (or is stopping and
-                the store is gone); the run must stop here and resume elsewhere.
+            WorkflowInterrupted: the run must stop here and resume from the journal: this
+                run's lease is no longer current, or the store failed (the workflow is
+                released and resumes at this step). Store trouble never reaches user code.
         """
         try:
-            self.store.append_step(row, self.owner)
+            self.store.append_step(row, self.lease)
         except OwnershipLost as exc:
             raise WorkflowInterrupted(str(exc)) from None
-        except PerdureError:
-            if self._stopping():
-                raise WorkflowInterrupted("engine stopped before the step was committed") from None
-            raise
+        except PerdureError as exc:
+            raise WorkflowInterrupted(
+                f"the journal write for {self._where(row.key, row.name)} failed ({exc}); the "
+                "workflow resumes at this step"
+            ) from exc
         self.executed += 1
 
     async def commit_async(self, row: StepRow) -> None:
@@ -180,8 +231,13 @@ class WorkflowContext:
             )
             return WorkflowStatus.ERROR, None, _serialize.dumps_error(error)
 
-    def _where(self, position: int, name: str) -> str:
-        return f"step {name!r} (position {position} of workflow {self.workflow_id!r})"
+    def failed_outcome(self, exc: BaseException) -> tuple[WorkflowStatus, str | None, str | None]:
+        """(status, output, error) for a run that raised ``exc``; a non-determinism found
+        earlier in the run wins over whatever the code raised after it."""
+        return WorkflowStatus.ERROR, None, _serialize.dumps_error(self._broken or exc)
+
+    def _where(self, key: str, name: str) -> str:
+        return f"step {name!r} (position {key} of workflow {self.workflow_id!r})"
 
 
 def rebuild_error(text: str) -> BaseException:
@@ -197,14 +253,35 @@ def current() -> WorkflowContext | None:
     return None if _in_step.get() else _current.get()
 
 
-def activate(ctx: WorkflowContext | None) -> Any:
-    """Make ``ctx`` current; returns a token for :func:`deactivate`."""
-    return _current.set(ctx)
+def activate(ctx: WorkflowContext) -> tuple[Any, Any]:
+    """Make ``ctx`` current, on its main line; returns tokens for :func:`deactivate`."""
+    return _current.set(ctx), _branch.set(ctx.root)
 
 
-def deactivate(token: Any) -> None:
+def deactivate(tokens: tuple[Any, Any]) -> None:
     """Undo :func:`activate`."""
-    _current.reset(token)
+    _current.reset(tokens[0])
+    _branch.reset(tokens[1])
+
+
+def task_factory(previous: Any = None) -> Any:
+    """An asyncio task factory giving each task a workflow creates its own :class:`Branch`.
+
+    ``previous`` is the loop's earlier factory, which still creates the task.
+    """
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        ctx = _current.get()
+        if ctx is not None and not _in_step.get():
+            parent = _branch.get() or ctx.root
+            context = kwargs.get("context") or contextvars.copy_context()
+            context.run(_branch.set, parent.child())
+            kwargs["context"] = context
+        if previous is not None:
+            return previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    return factory
 
 
 # -- step calls ----------------------------------------------------------------------------
@@ -215,8 +292,8 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
     ctx = current()
     if ctx is None:
         return spec.fn(*args, **kwargs)
-    position = ctx.reserve()
-    row = ctx.lookup(position, spec.name)
+    key = ctx.reserve()
+    row = ctx.lookup(key, spec.name)
     if row is not None:
         return ctx.replay(row, spec.return_hint())
     ctx.check_can_start_step()
@@ -225,12 +302,13 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
     try:
         value = spec.fn(*args, **kwargs)
     except Exception as exc:
-        ctx.commit(ctx.failure_row(position, spec.name, exc, started))
+        ctx.commit(ctx.failure_row(key, spec.name, exc, started))
         raise
     finally:
         _in_step.reset(token)
-    ctx.commit(ctx.success_row(position, spec.name, value, started))
-    return value
+    row = ctx.success_row(key, spec.name, value, started)
+    ctx.commit(row)
+    return ctx.decode(row, spec.return_hint())
 
 
 def call_step_async(
@@ -245,12 +323,12 @@ def call_step_async(
 
 async def _run_step_async(
     ctx: WorkflowContext,
-    position: int,
+    key: str,
     spec: StepSpec,
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
 ) -> Any:
-    row = ctx.lookup(position, spec.name)
+    row = ctx.lookup(key, spec.name)
     if row is not None:
         return ctx.replay(row, spec.return_hint())
     ctx.check_can_start_step()
@@ -259,12 +337,13 @@ async def _run_step_async(
     try:
         value = await spec.fn(*args, **kwargs)
     except Exception as exc:
-        await ctx.commit_async(ctx.failure_row(position, spec.name, exc, started))
+        await ctx.commit_async(ctx.failure_row(key, spec.name, exc, started))
         raise
     finally:
         _in_step.reset(token)
-    await ctx.commit_async(ctx.success_row(position, spec.name, value, started))
-    return value
+    row = ctx.success_row(key, spec.name, value, started)
+    await ctx.commit_async(row)
+    return ctx.decode(row, spec.return_hint())
 
 
 # -- deterministic helpers -----------------------------------------------------------------

@@ -34,6 +34,16 @@ class WorkflowSpec:
     fn: Callable[..., Any]
     is_async: bool
     _hints: dict[str, Any] | None = field(default=None, repr=False)
+    _signature: inspect.Signature | None = field(default=None, repr=False)
+
+    def signature(self) -> inspect.Signature | None:
+        """The function's signature (None for callables that have none)."""
+        if self._signature is None:
+            try:
+                self._signature = inspect.signature(self.fn)
+            except (TypeError, ValueError):
+                return None
+        return self._signature
 
     def hints(self) -> dict[str, Any]:
         """Parameter and return annotations, resolved once (forward references included)."""

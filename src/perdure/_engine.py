@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import threading
 import time
-import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -34,23 +31,29 @@ from ._errors import (
     EngineClosedError,
     PerdureError,
     SerializationError,
-    StoreError,
+    UnknownWorkflowError,
     WorkflowConflictError,
     WorkflowInterrupted,
     WorkflowNotFound,
 )
 from ._handle import WorkflowHandle
-from ._records import StepInfo, WorkflowInfo, decode_inputs, encode_inputs
+from ._records import (
+    StepInfo,
+    WorkflowInfo,
+    bind_inputs,
+    decode_inputs,
+    encode_inputs,
+    validate_workflow_id,
+)
 from ._serialize import UnserializableValue, dumps_error
 from ._threads import DaemonPool
-from .store import OwnershipLost, Store, WorkerRow, WorkflowRow, WorkflowStatus, open_store
+from ._workers import dead_workers, this_worker
+from .store import Lease, Store, WorkflowRow, WorkflowStatus, open_store
 
 log = logging.getLogger("perdure")
 
 R = TypeVar("R")
 Outcome = tuple[WorkflowStatus, str | None, str | None]
-
-MAX_ID_LENGTH = 255
 
 
 @dataclass
@@ -103,7 +106,7 @@ class Engine:
         self._recovery_interval = recovery_interval
         self._grace = shutdown_grace
         self._auto_recover = recover
-        self.worker = WorkerRow(uuid.uuid4().hex, socket.gethostname(), os.getpid(), 0.0)
+        self.worker = this_worker()
         self._threads = DaemonPool(max_threads, "perdure-workflow")
         self._io = DaemonPool(1, "perdure-io")
         self._loop = _loop
@@ -114,6 +117,7 @@ class Engine:
         self._store: Store | None = None
         self._maintenance: threading.Thread | None = None
         self._reported: dict[str, float] = {}
+        self._unreleased: dict[str, Lease] = {}  # runs that stopped early; release retried
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -130,11 +134,15 @@ class Engine:
         if self._closing.is_set():
             raise EngineClosedError("this engine was closed; create a new Engine")
         self._store = open_store(self.url, durability=self._durability)
-        self._store.heartbeat(self.worker)
-        if self._loop is None:
-            self._start_loop_thread()
-        if self._auto_recover:
-            self.recover()
+        try:
+            self._store.heartbeat(self.worker, self._lease)
+            if self._loop is None:
+                self._start_loop_thread()
+            if self._auto_recover:
+                self.recover()
+        except BaseException:
+            self.close()
+            raise
         self._maintenance = threading.Thread(
             target=self._maintain, name="perdure-maintenance", daemon=True
         )
@@ -154,14 +162,13 @@ class Engine:
         if self._store is None:
             return
         if self._maintenance is not None:
-            self._maintenance.join()
+            self._maintenance.join(timeout=self._grace)
         self._drain()
-        try:
-            released = self._store.release(self.worker.id)
-            if released:
-                log.info("perdure: released %d unfinished workflow(s) for resumption", released)
-        except PerdureError as exc:
-            log.warning("perdure: could not release workflows on close: %s", exc)
+        # Another process may hold the database's write lock: give the release a bounded
+        # time and move on (the lease then expires and another worker resumes the work).
+        finisher = threading.Thread(target=self._release_all, name="perdure-release", daemon=True)
+        finisher.start()
+        finisher.join(timeout=max(self._grace, 0.5))
         if self._own_loop_thread is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._own_loop_thread.join(timeout=1.0)
@@ -169,6 +176,15 @@ class Engine:
                 self._loop.close()
         self._threads.shutdown(wait=False)
         self._io.shutdown(wait=False)
+
+    def _release_all(self) -> None:
+        assert self._store is not None
+        try:
+            released = self._store.release(self.worker.id)
+            if released:
+                log.info("perdure: released %d unfinished workflow(s) for resumption", released)
+        except PerdureError as exc:
+            log.warning("perdure: could not release workflows on close: %s", exc)
         self._store.close()
 
     def _drain(self) -> None:
@@ -181,6 +197,7 @@ class Engine:
                 run.future.cancel()  # an async workflow: cancel its task
         for run in leftover:
             run.done.wait(0.2)
+            run.done.set()  # waiters stop waiting on an abandoned run: the store says the rest
 
     def _snapshot_runs(self) -> list[_Run]:
         with self._runs_lock:
@@ -189,6 +206,8 @@ class Engine:
     def _start_loop_thread(self) -> None:
         loop = asyncio.new_event_loop()
         ready = threading.Event()
+
+        loop.set_task_factory(_context.task_factory())
 
         def serve() -> None:
             asyncio.set_event_loop(loop)
@@ -253,6 +272,7 @@ class Engine:
         store = self.store
         spec = _resolve_spec(fn)
         workflow_id = validate_workflow_id(id) if id is not None else str(uuid.uuid4())
+        args, kwargs = bind_inputs(spec, args, kwargs)
         try:
             inputs = encode_inputs(args, kwargs)
         except UnserializableValue as exc:
@@ -275,6 +295,8 @@ class Engine:
                 f"with {'other inputs' if stored.name == spec.name else 'another workflow'}; "
                 "an id names one run: pick a new id to start a new run"
             )
+        elif not stored.status.finished and stored.owner is None:
+            self._claim_and_launch(workflow_id)  # released by a stopped engine: resume now
         return WorkflowHandle(self, workflow_id)
 
     def run(self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None,
@@ -339,41 +361,54 @@ class Engine:
             Handles on the workflows this call resumed.
         """
         store = self.store
-        dead = self._dead_workers()
+        workers = store.list_workers()
+        dead = dead_workers(workers, self.worker)
         handles: list[WorkflowHandle[Any]] = []
-        for row in store.claim(self.worker.id, registered_names(), self._lease, dead, 1000):
-            spec = registered(row.name)
-            if spec is None:  # unregistered between the two calls
-                continue
-            log.info("perdure: resuming workflow %r (%s)", row.id, row.name)
-            self._resume(spec, row)
-            handles.append(WorkflowHandle(self, row.id))
+        for row in store.claim(self.worker.id, registered_names(), dead, 1000):
+            if self._resume(row):
+                handles.append(WorkflowHandle(self, row.id))
         self._report_unregistered(dead)
-        store.forget_workers(dead)
+        expired = [w.id for w in workers if w.expires_at < time.time() - 10 * self._lease]
+        store.forget_workers(dead + expired)
         return handles
 
-    def _resume(self, spec: WorkflowSpec, row: WorkflowRow) -> None:
-        try:
-            args, kwargs = decode_inputs(row.inputs, spec.hints())
-        except SerializationError as exc:
-            log.error("perdure: workflow %r cannot read its inputs: %s", row.id, exc)
-            self._finish(row.id, (WorkflowStatus.ERROR, None, dumps_error(exc)))
-            return
-        self._launch(spec, row, args, kwargs)
+    def _claim_and_launch(self, workflow_id: str) -> None:
+        for row in self.store.claim(self.worker.id, registered_names(), [], 1, workflow_id):
+            self._resume(row)
 
-    def _dead_workers(self) -> list[str]:
-        dead = []
-        stale_before = time.time() - 10 * self._lease
-        for worker in self.store.list_workers():
-            if worker.id == self.worker.id:
-                continue
-            gone = worker.host == self.worker.host and not _process_alive(worker.pid)
-            if gone or worker.heartbeat_at < stale_before:
-                dead.append(worker.id)
-        return dead
+    def _resume(self, row: WorkflowRow) -> bool:
+        """Launch a claimed workflow; on any failure give it back. Returns whether launched."""
+        lease = row.lease
+        assert lease is not None
+        try:
+            spec = registered(row.name)
+            if spec is None:
+                raise UnknownWorkflowError(row.name, " (it was unregistered during recovery)")
+            try:
+                args, kwargs = decode_inputs(row.inputs, spec.hints())
+            except SerializationError as exc:
+                log.error("perdure: workflow %r cannot read its inputs: %s", row.id, exc)
+                self._finish(row.id, lease, (WorkflowStatus.ERROR, None, dumps_error(exc)))
+                return False
+            log.info("perdure: resuming workflow %r (%s)", row.id, row.name)
+            self._launch(spec, row, args, kwargs)
+            return True
+        except BaseException as exc:
+            log.warning("perdure: could not resume %r, giving it back: %s", row.id, exc)
+            self._give_back(row.id, lease)
+            return False
+
+    def _give_back(self, workflow_id: str, lease: Lease) -> None:
+        """Release a workflow this engine holds but will not run; retried until it works."""
+        try:
+            assert self._store is not None
+            self._store.release_workflow(workflow_id, lease)
+            self._unreleased.pop(workflow_id, None)
+        except PerdureError:
+            self._unreleased[workflow_id] = lease
 
     def _report_unregistered(self, dead: list[str]) -> None:
-        orphans = self.store.orphaned_names(self.worker.id, self._lease, dead)
+        orphans = self.store.orphaned_names(self.worker.id, dead)
         now = time.monotonic()
         for name, count in orphans.items():
             if registered(name) is None and now - self._reported.get(name, -1e9) > 60:
@@ -389,13 +424,17 @@ class Engine:
         next_recovery = time.monotonic() + self._recovery_interval
         while not self._closing.wait(self._heartbeat_interval):
             try:
-                self.store.heartbeat(self.worker)
+                self.store.heartbeat(self.worker, self._lease)
+                for workflow_id, lease in list(self._unreleased.items()):
+                    self._give_back(workflow_id, lease)
                 if self._auto_recover and time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self._recovery_interval
                     self.recover()
             except EngineClosedError:
                 return
-            except PerdureError as exc:
+            except BaseException as exc:  # the heartbeat must outlive any one failure
+                if self._closing.is_set():
+                    return
                 log.warning("perdure: maintenance failed, retrying: %s", exc)
 
     # -- running ---------------------------------------------------------------------------
@@ -403,97 +442,123 @@ class Engine:
     def _launch(
         self, spec: WorkflowSpec, row: WorkflowRow, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        lease = row.lease
+        assert lease is not None
         run = _Run(row.id)
         with self._runs_lock:
+            # A run still here for this id lost its lease (another worker took the workflow,
+            # then this one claimed it back): it is fenced off and finishes on its own.
             self._runs[row.id] = run
-        if spec.is_async:
-            assert self._loop is not None
-            coro = self._run_async(spec, row, args, kwargs, run)
-            run.future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        else:
-            self._threads.submit(self._run_sync, spec, row, args, kwargs, run)
+        try:
+            if spec.is_async:
+                assert self._loop is not None
+                coro = self._run_async(spec, row.id, lease, args, kwargs, run)
+                run.future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            else:
+                self._threads.submit(self._run_sync, spec, row.id, lease, args, kwargs, run)
+        except RuntimeError:  # the pool or the loop is shut down: the engine is closing
+            self._done(run)
+            raise EngineClosedError(
+                f"the engine closed while starting {row.id!r}; it is recorded and resumes "
+                "in the next engine"
+            ) from None
 
-    def _context(self, row: WorkflowRow) -> WorkflowContext:
+    def _context(self, workflow_id: str, name: str, lease: Lease) -> WorkflowContext:
         assert self._store is not None
-        journal = self._store.load_steps(row.id)
+        journal = self._store.load_steps(workflow_id)
         # With durability="normal" a commit does not fsync: async steps commit inline, which
         # costs less than the hop to an I/O thread. With "full" they hop, so the event loop
         # never waits on an fsync.
         io = self._io if self._durability == "full" else None
         return WorkflowContext(
-            row.id, row.name, journal, self._store, self.worker.id, self._closing.is_set, io
+            workflow_id, name, journal, self._store, lease, self._closing.is_set, io
         )
 
     def _run_sync(
         self,
         spec: WorkflowSpec,
-        row: WorkflowRow,
+        workflow_id: str,
+        lease: Lease,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         run: _Run,
     ) -> None:
+        finished = False
         try:
-            ctx = self._context(row)
-            token = _context.activate(ctx)
+            ctx = self._context(workflow_id, spec.name, lease)
+            tokens = _context.activate(ctx)
             try:
                 outcome = ctx.final_outcome(spec.fn(*args, **kwargs))
             except Exception as exc:
-                outcome = _failed(exc)
+                outcome = ctx.failed_outcome(exc)
             finally:
-                _context.deactivate(token)
-            self._finish(row.id, outcome)
+                _context.deactivate(tokens)
+            self._finish(workflow_id, lease, outcome)
+            finished = True
         except WorkflowInterrupted:
             pass
         except BaseException:
-            self._log_crash(row.id)
+            self._log_crash(workflow_id)
         finally:
-            self._done(run)
+            self._end(run, lease, finished)
 
     async def _run_async(
         self,
         spec: WorkflowSpec,
-        row: WorkflowRow,
+        workflow_id: str,
+        lease: Lease,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         run: _Run,
     ) -> None:
         loop = asyncio.get_running_loop()
+        finished = False
         try:
-            ctx = await loop.run_in_executor(self._io, self._context, row)
-            token = _context.activate(ctx)
+            ctx = await loop.run_in_executor(self._io, self._context, workflow_id, spec.name, lease)
+            tokens = _context.activate(ctx)
             try:
                 outcome = ctx.final_outcome(await spec.fn(*args, **kwargs))
             except Exception as exc:
-                outcome = _failed(exc)
+                outcome = ctx.failed_outcome(exc)
+            except asyncio.CancelledError as exc:
+                if self._closing.is_set():
+                    raise  # cancelled by close(): resumes in the next engine
+                outcome = ctx.failed_outcome(exc)  # the workflow's own cancellation
             finally:
-                _context.deactivate(token)
-            await loop.run_in_executor(self._io, self._finish, row.id, outcome)
+                _context.deactivate(tokens)
+            await loop.run_in_executor(self._io, self._finish, workflow_id, lease, outcome)
+            finished = True
         except (WorkflowInterrupted, asyncio.CancelledError):
             pass
         except BaseException:
-            self._log_crash(row.id)
+            self._log_crash(workflow_id)
         finally:
-            self._done(run)
+            self._end(run, lease, finished)
 
-    def _finish(self, workflow_id: str, outcome: Outcome) -> None:
+    def _finish(self, workflow_id: str, lease: Lease, outcome: Outcome) -> None:
         status, output, error = outcome
         assert self._store is not None
         try:
-            self._store.finish_workflow(workflow_id, self.worker.id, status, output, error)
-        except (OwnershipLost, EngineClosedError):
-            raise WorkflowInterrupted(f"{workflow_id!r} is no longer ours to finish") from None
-        except StoreError:
-            if self._closing.is_set():
-                raise WorkflowInterrupted("engine stopped before the result was saved") from None
-            raise
+            self._store.finish_workflow(workflow_id, lease, status, output, error)
+        except PerdureError as exc:
+            raise WorkflowInterrupted(
+                f"{workflow_id!r} could not record its outcome: {exc}"
+            ) from exc
 
     def _log_crash(self, workflow_id: str) -> None:
         if self._closing.is_set():
             return  # the store went away under a run abandoned at shutdown: resumes later
-        log.exception(
-            "perdure: workflow %r stopped on an engine error; it resumes on recovery",
-            workflow_id,
-        )
+        log.exception("perdure: workflow %r stopped on an engine error; it resumes", workflow_id)
+
+    def _end(self, run: _Run, lease: Lease, finished: bool) -> None:
+        """A run ended: if it left its workflow unfinished (interrupted, crashed), give the
+        workflow back so a sweep resumes it, unless the whole engine is releasing."""
+        if not finished and not self._closing.is_set():
+            self._give_back(run.workflow_id, lease)
+        with self._runs_lock:
+            if self._runs.get(run.workflow_id) is run:
+                del self._runs[run.workflow_id]
+        run.done.set()
 
     def _done(self, run: _Run) -> None:
         with self._runs_lock:
@@ -506,13 +571,7 @@ class Engine:
             return self._runs.get(workflow_id)
 
 
-def _failed(exc: BaseException) -> Outcome:
-    return WorkflowStatus.ERROR, None, dumps_error(exc)
-
-
 def _resolve_spec(fn: Callable[..., Any] | str) -> WorkflowSpec:
-    from ._errors import UnknownWorkflowError
-
     if isinstance(fn, str):
         spec = registered(fn)
         if spec is None:
@@ -525,37 +584,3 @@ def _resolve_spec(fn: Callable[..., Any] | str) -> WorkflowSpec:
             "@perdure.workflow"
         )
     return spec
-
-
-def validate_workflow_id(workflow_id: str) -> str:
-    """Check a caller-chosen workflow id: 1 to 255 characters, no control characters.
-
-    Raises:
-        ConfigurationError: the id is not acceptable.
-    """
-    if not isinstance(workflow_id, str) or not workflow_id:
-        raise ConfigurationError(f"a workflow id must be a non-empty string, not {workflow_id!r}")
-    if len(workflow_id) > MAX_ID_LENGTH:
-        raise ConfigurationError(
-            f"workflow id is {len(workflow_id)} characters long; the limit is {MAX_ID_LENGTH}"
-        )
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in workflow_id):
-        raise ConfigurationError(
-            f"workflow id {workflow_id!r} contains a control character or lone surrogate"
-        )
-    return workflow_id
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

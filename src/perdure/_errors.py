@@ -46,7 +46,8 @@ class NonDeterminismError(PerdureError):
 
     Attributes:
         workflow_id: the workflow being replayed.
-        position: the journal position where the difference appeared.
+        position: the replay key where the difference appeared (the step's index in the
+            workflow's main line, e.g. ``"3"``; ``"t0/1"`` for a step in a task it started).
         recorded: the step name the journal holds at that position (``None`` if the journal
             holds nothing there but the code ended early).
         current: the step name the current code asked for (``None`` if the code returned
@@ -54,7 +55,7 @@ class NonDeterminismError(PerdureError):
     """
 
     def __init__(
-        self, workflow_id: str, position: int, recorded: str | None, current: str | None
+        self, workflow_id: str, position: str, recorded: str | None, current: str | None
     ) -> None:
         self.workflow_id = workflow_id
         self.position = position

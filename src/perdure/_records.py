@@ -8,11 +8,13 @@ CLI, a dashboard) can still show it.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from . import _serialize
-from ._errors import SerializationError
+from ._decorators import WorkflowSpec
+from ._errors import ConfigurationError, SerializationError
 from .store import StepRow, StepStatus, WorkflowRow, WorkflowStatus
 
 
@@ -84,7 +86,10 @@ class StepInfo:
     """One journal entry: a step's recorded outcome.
 
     Attributes:
-        workflow_id, position, name: which step of which run.
+        workflow_id, name: which step of which run.
+        position: the entry's place in commit order.
+        key: the call's replay key (its index in the workflow's main line, or ``t0/1``-style
+            for a step called in a task the workflow started).
         status: SUCCESS or ERROR.
         output: the recorded return value (SUCCESS).
         error: the recorded exception (ERROR).
@@ -94,6 +99,7 @@ class StepInfo:
 
     workflow_id: str
     position: int
+    key: str
     name: str
     status: StepStatus
     output: Any
@@ -113,6 +119,7 @@ class StepInfo:
         return cls(
             workflow_id=row.workflow_id,
             position=row.position,
+            key=row.key,
             name=row.name,
             status=row.status,
             output=_lenient(row.output),
@@ -121,6 +128,61 @@ class StepInfo:
             finished_at=_utc(row.finished_at),
             attempts=row.attempts,
         )
+
+
+MAX_ID_LENGTH = 255
+
+
+def validate_workflow_id(workflow_id: str) -> str:
+    """Check a caller-chosen workflow id: 1 to 255 characters, no control characters.
+
+    Raises:
+        ConfigurationError: the id is not acceptable.
+    """
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ConfigurationError(f"a workflow id must be a non-empty string, not {workflow_id!r}")
+    if len(workflow_id) > MAX_ID_LENGTH:
+        raise ConfigurationError(
+            f"workflow id is {len(workflow_id)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in workflow_id):
+        raise ConfigurationError(
+            f"workflow id {workflow_id!r} contains a control character or lone surrogate"
+        )
+    return workflow_id
+
+
+def bind_inputs(
+    spec: WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Normalize a call's arguments against the workflow's signature, so equivalent calls
+    (by position or by keyword, in any order) journal the same inputs.
+
+    Raises:
+        ConfigurationError: the arguments do not fit the signature.
+    """
+    signature = spec.signature()
+    if signature is None:
+        return args, dict(sorted(kwargs.items()))
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"workflow {spec.name!r} cannot take these arguments: {exc}"
+        ) from None
+    params = signature.parameters
+    if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+        return tuple(bound.args), dict(sorted(bound.kwargs.items()))
+    # Named parameters go by name (readable, order-free); positional-only ones by position.
+    positional = [bound.arguments[n] for n, p in params.items()
+                  if p.kind is p.POSITIONAL_ONLY and n in bound.arguments]  # fmt: skip
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if params[name].kind is params[name].VAR_KEYWORD:
+            named.update(value)
+        elif params[name].kind is not params[name].POSITIONAL_ONLY:
+            named[name] = value
+    return tuple(positional), dict(sorted(named.items()))
 
 
 def encode_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ import sys
 import types
 import typing
 import uuid
+import zoneinfo
 from decimal import Decimal
 from typing import Any
 
@@ -126,13 +127,20 @@ _ENCODERS: dict[type, Any] = {
     frozenset: _seq("$frozenset"),
     bytes: lambda v, p, d: {"$bytes": base64.b64encode(v).decode("ascii")},
     bytearray: lambda v, p, d: {"$bytes": base64.b64encode(bytes(v)).decode("ascii")},
-    dt.datetime: lambda v, p, d: {"$datetime": v.isoformat()},
+    dt.datetime: lambda v, p, d: _datetime_to_json(v),
     dt.date: lambda v, p, d: {"$date": v.isoformat()},
     dt.time: lambda v, p, d: {"$time": v.isoformat()},
     dt.timedelta: lambda v, p, d: {"$timedelta": [v.days, v.seconds, v.microseconds]},
     uuid.UUID: lambda v, p, d: {"$uuid": str(v)},
     Decimal: lambda v, p, d: {"$decimal": str(v)},
 }
+
+
+def _datetime_to_json(value: dt.datetime) -> dict[str, str]:
+    encoded = {"$datetime": value.isoformat()}
+    if isinstance(value.tzinfo, zoneinfo.ZoneInfo):
+        encoded["tz"] = value.tzinfo.key  # keep the zone, not just today's offset
+    return encoded
 
 
 def _object_to_json(value: Any, path: str, depth: int) -> Any:
@@ -147,7 +155,7 @@ def _object_to_json(value: Any, path: str, depth: int) -> Any:
         return {"$dataclass": _remember(cls), "fields": fields}
     if _is_pydantic_model(value):
         try:
-            data = value.model_dump(mode="json", round_trip=True)
+            data = value.model_dump(mode="json", round_trip=True, by_alias=False)
         except Exception as exc:  # pydantic raises its own error types for unserializable fields
             raise UnserializableValue(cls.__qualname__, path, f": {exc}") from exc
         # mode="json" can still leave NaN/inf floats in the data: encode it like any value.
@@ -203,6 +211,9 @@ def from_json(raw: Any, strict: bool = True) -> Any:
 def _decode_tagged(tag: str, raw: dict[str, Any], strict: bool) -> Any:
     body = raw[tag]
     try:
+        if tag == "$datetime" and "tz" in raw:
+            zone = zoneinfo.ZoneInfo(raw["tz"])
+            return dt.datetime.fromisoformat(body).astimezone(zone)
         simple = _SIMPLE_DECODERS.get(tag)
         if simple is not None:
             return simple(body, strict)
@@ -221,7 +232,7 @@ _SIMPLE_DECODERS: dict[str, Any] = {
     "$frozenset": lambda b, s: frozenset(from_json(v, s) for v in b),
     "$map": lambda b, s: {from_json(k, s): from_json(v, s) for k, v in b},
     "$bytes": lambda b, s: base64.b64decode(b, validate=True),
-    "$datetime": lambda b, s: dt.datetime.fromisoformat(b),
+    "$datetime": lambda b, s: dt.datetime.fromisoformat(b),  # "tz" handled in _decode_tagged
     "$date": lambda b, s: dt.date.fromisoformat(b),
     "$time": lambda b, s: dt.time.fromisoformat(b),
     "$timedelta": lambda b, s: dt.timedelta(days=b[0], seconds=b[1], microseconds=b[2]),
@@ -251,11 +262,28 @@ def _decode_class(tag: str, raw: dict[str, Any], strict: bool) -> Any:
     if tag == "$model":
         # JSON-mode data validated in Python mode: strict models must accept it (strings for
         # datetimes, lists for tuples), so validation is lax here.
+        # Dumped by field name, so validated by field name (aliases may differ).
         data = from_json(raw["data"], strict)
-        return cls.model_validate(data, strict=False)  # type: ignore[attr-defined]
+        try:
+            return cls.model_validate(  # type: ignore[attr-defined]
+                data, strict=False, by_alias=False, by_name=True
+            )
+        except TypeError:  # pydantic < 2.11 has no by_name: aliases must match field names
+            return cls.model_validate(data, strict=False)  # type: ignore[attr-defined]
     obj = typing.cast(Any, cls).__new__(cls)
-    for name, value in raw["fields"].items():
-        object.__setattr__(obj, name, from_json(value, strict))
+    stored = raw["fields"]
+    for f in dataclasses.fields(cls):
+        if f.name in stored:
+            value = from_json(stored[f.name], strict)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default  # a field added since this row was written
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            raise SerializationError(
+                f"stored {key} has no field {f.name!r} and the class gives it no default"
+            )
+        object.__setattr__(obj, f.name, value)
     return obj
 
 
@@ -348,8 +376,15 @@ def loads_error(text: str) -> BaseException | None:
     if not (isinstance(obj, type) and issubclass(obj, Exception)) or "args" not in record:
         return None
     try:
-        exc = obj(*from_json(record["args"]))
+        args = from_json(record["args"])
         state = record.get("state")
+        try:
+            exc = obj(*args)
+        except Exception:
+            # An __init__ whose parameters differ from its args (it formats a message and
+            # calls super().__init__(message)): restore the recorded state without it.
+            exc = obj.__new__(obj)
+            exc.args = tuple(args)
         if isinstance(state, dict):
             exc.__dict__.update(from_json(state))
     except Exception:

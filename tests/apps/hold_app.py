@@ -2,7 +2,8 @@
 
 ``hold_app.py DB LEDGER ID STEPS [NAME]`` starts a workflow (registered under NAME, default
 ``hold_flow``) whose steps each write a ledger line and sleep 0.2 s, prints "started", and
-waits for the result. With NAME ``ghost_flow`` it kills itself with SIGKILL right after
+waits for the result. ``HOLD_LEASE`` sets the engine's lease in seconds (default 10).
+With NAME ``ghost_flow`` it kills itself with SIGKILL right after
 "started" so the workflow is left to whoever has that name registered.
 """
 
@@ -33,7 +34,10 @@ def hold_flow(steps: int) -> int:
 
 
 if __name__ == "__main__":
-    with perdure.Engine(DB, heartbeat_interval=0.2, recovery_interval=0.2) as engine:
+    lease = float(os.environ.get("HOLD_LEASE", "10"))
+    with perdure.Engine(
+        DB, heartbeat_interval=0.2, recovery_interval=0.2, lease_seconds=lease
+    ) as engine:
         handle = engine.start(hold_flow, STEPS, id=WORKFLOW_ID)
         print("started", flush=True)
         if NAME == "ghost_flow" and "--die" in sys.argv:

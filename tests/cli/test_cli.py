@@ -193,8 +193,8 @@ def test_list_json(db: Db) -> None:
     ok = by_id["order-42"]
     assert ok["name"] == "cli_test_flow"
     assert ok["status"] == "SUCCESS"
-    assert ok["args"] == ["alice"]
-    assert ok["kwargs"] == {"retries": 3}
+    assert ok["args"] == []  # inputs are journaled by parameter name
+    assert ok["kwargs"] == {"retries": 3, "user": "alice"}
     assert ok["output"] == {"saved": True, "ticket": 7, "note": "x" * 500}
     assert ok["error"] is None
     assert ok["recoveries"] == 0
@@ -258,7 +258,7 @@ def test_show_prints_header_and_timeline(db: Db) -> None:
     assert header["id"] == "order-42"
     assert header["name"] == "cli_test_flow"
     assert header["status"] == "SUCCESS"
-    assert header["inputs"] == '("alice", retries=3)'
+    assert header["inputs"] == '(retries=3, user="alice")'
     assert header["result"].startswith('{"saved": true, "ticket": 7, "note": "xxx')
     assert header["result"].endswith("…")
     assert header["created"].endswith(" UTC")
@@ -300,7 +300,7 @@ def test_show_json(db: Db) -> None:
     data = json.loads(done.stdout)
     assert data["id"] == "order-42"
     assert data["status"] == "SUCCESS"
-    assert data["args"] == ["alice"]
+    assert data["kwargs"] == {"retries": 3, "user": "alice"}
     steps = data["steps"]
     assert [s["position"] for s in steps] == [0, 1, 2]
     assert [s["name"] for s in steps] == ["fetch_ticket", "charge_card", "save_result"]

@@ -60,6 +60,37 @@ def test_live_owner_keeps_its_workflow_and_a_dead_one_loses_it(tmp_path: Path) -
     assert ran_here[0] in (owner_positions[-1], owner_positions[-1] + 1)
 
 
+def test_a_frozen_worker_loses_its_workflow_and_cannot_commit_after(tmp_path: Path) -> None:
+    """SIGSTOP a worker past its lease: another takes over; resumed, it commits nothing."""
+    ran_here.clear()
+    db, ledger = f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "ledger.txt"
+    owner = run_app("hold_app", db, str(ledger), "f1", "20", env={"HOLD_LEASE": "1"})
+    assert owner.stdout is not None
+    assert owner.stdout.readline().strip() == "started"
+    while len(ledger_pids(ledger)) < 3:
+        time.sleep(0.01)
+    owner.send_signal(signal.SIGSTOP)
+    frozen_lines = len(ledger_pids(ledger))
+    try:
+        with perdure.Engine(db, recovery_interval=0.1, heartbeat_interval=0.1) as me:
+            assert me.handle("f1").result(timeout=30) == sum(range(20))
+            info = me.get_workflow("f1")
+            steps = me.list_steps("f1")
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    out, err = owner.communicate(timeout=30)
+    assert owner.returncode == 0, err
+    assert out.split() == [str(sum(range(20)))]  # it saw our result
+    assert info.recoveries == 1
+    assert sorted(int(s.key) for s in steps) == list(range(20))
+    # Woken up, the frozen worker finished the step it was in, but its commit was fenced off
+    # and it ran nothing more.
+    owner_lines = ledger.read_text().splitlines()
+    assert len(owner_lines) == frozen_lines
+    assert ran_here[0] == int(owner_lines[-1].split()[1])  # we re-ran its step in flight
+    assert ran_here == list(range(ran_here[0], 20))
+
+
 def test_unregistered_workflows_wait_for_a_process_that_has_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -155,7 +155,7 @@ def test_changed_code_raises_non_determinism_and_keeps_the_journal(db_url: str) 
         status = handle.status()
     err = info.value
     assert (err.workflow_id, err.position, err.recorded, err.current) == (
-        "nd", 0, "prepare_v1", "prepare_v2",
+        "nd", "0", "prepare_v1", "prepare_v2",
     )  # fmt: skip
     assert "deploy the previous code" in str(err)
     assert calls["prepare_v2"] == 0
@@ -180,7 +180,7 @@ def test_code_that_returns_before_recorded_steps_is_non_deterministic(db_url: st
 
     with perdure.Engine(db_url) as second, pytest.raises(perdure.NonDeterminismError) as info:
         second.handle("shrink").result(timeout=10)
-    assert info.value.position == 1
+    assert info.value.position == "1"
     assert info.value.current is None
 
 
@@ -212,12 +212,49 @@ def test_concurrent_async_steps_take_positions_in_call_order(db_url: str) -> Non
         first.start(gather_flow, id="g")
         wait_until(lambda: calls["async_blocker"] == 1)
         steps = first.list_steps("g")
-    assert [(s.position, s.output) for s in steps] == [(i, i * 10) for i in range(5)]
+    # Keys follow call order; positions follow commit order (the later calls finished first).
+    assert {s.key: s.output for s in steps} == {str(i): i * 10 for i in range(5)}
+    assert [s.key for s in steps] == ["4", "3", "2", "1", "0"]
     gate.set()
     with perdure.Engine(db_url) as second:
         assert second.handle("g").result(timeout=10) == [0, 10, 20, 30, 40]
     assert all(calls[f"fetch{i}"] == 1 for i in range(5))
     assert calls["async_blocker"] == 2
+
+
+@perdure.step
+async def llm(branch: str, turn: int, delay: float) -> str:
+    calls[f"llm-{branch}{turn}"] += 1
+    await asyncio.sleep(delay)
+    return f"{branch}-{turn}"
+
+
+async def conversation(branch: str, first_delay: float) -> list[str]:
+    # A helper coroutine (not a step) making several step calls: run as a task, it gets its
+    # own replay branch, so its calls keep their keys whatever the other branch does.
+    return [await llm(branch, 1, first_delay), await llm(branch, 2, 0.0)]
+
+
+@perdure.workflow(name="branches_flow")
+async def branches_flow() -> list[list[str]]:
+    results = await asyncio.gather(conversation("x", 0.05), conversation("y", 0.0))
+    await async_blocker()
+    return list(results)
+
+
+def test_concurrent_branches_replay_their_own_results(db_url: str) -> None:
+    with perdure.Engine(db_url, shutdown_grace=0.1) as first:
+        first.start(branches_flow, id="b")
+        wait_until(lambda: calls["async_blocker"] == 1)
+        keys = {s.key: s.output for s in first.list_steps("b")}
+    assert keys["t0/0"] == "x-1" and keys["t0/1"] == "x-2"
+    assert keys["t1/0"] == "y-1" and keys["t1/1"] == "y-2"
+    gate.set()
+    with perdure.Engine(db_url) as second:
+        # On replay every step returns at once, in a different interleaving than the first
+        # run: each branch must still get its own answers.
+        assert second.handle("b").result(timeout=10) == [["x-1", "x-2"], ["y-1", "y-2"]]
+    assert all(calls[f"llm-{b}{t}"] == 1 for b in "xy" for t in (1, 2))
 
 
 def test_steps_outside_a_workflow_simply_run() -> None:

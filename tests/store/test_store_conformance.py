@@ -16,6 +16,7 @@ import pytest
 
 import perdure
 from perdure.store import (
+    Lease,
     OwnershipLost,
     StepRow,
     StepStatus,
@@ -45,11 +46,16 @@ def new_row(workflow_id: str, owner: str | None = "w1", name: str = "flow") -> W
 
 def step(workflow_id: str, position: int, name: str = "s") -> StepRow:
     now = time.time()
-    return StepRow(workflow_id, position, name, StepStatus.SUCCESS, str(position), None, now, now)
+    return StepRow(workflow_id, position, str(position), name, StepStatus.SUCCESS,
+                   str(position), None, now, now)  # fmt: skip
 
 
 def worker(worker_id: str, pid: int | None = None) -> WorkerRow:
-    return WorkerRow(worker_id, "host-a", pid or os.getpid(), 0.0)
+    return WorkerRow(worker_id, "host-a", pid or os.getpid())
+
+
+def lease(owner: str, epoch: int = 1) -> Lease:
+    return Lease(owner, epoch)
 
 
 def test_create_is_idempotent_and_returns_the_stored_row(store: Store) -> None:
@@ -65,66 +71,92 @@ def test_create_is_idempotent_and_returns_the_stored_row(store: Store) -> None:
 
 def test_steps_are_fenced_on_ownership_and_positions_are_unique(store: Store) -> None:
     store.create_workflow(new_row("a", owner="w1"))
-    store.append_step(step("a", 0), "w1")
+    store.append_step(step("a", 0), lease("w1"))
     with pytest.raises(OwnershipLost):
-        store.append_step(step("a", 1), "w2")
+        store.append_step(step("a", 1), lease("w2"))
     with pytest.raises(OwnershipLost):
-        store.append_step(step("a", 0, "again"), "w1")
+        store.append_step(step("a", 1), lease("w1", epoch=2))
     with pytest.raises(OwnershipLost):
-        store.append_step(step("nope", 0), "w1")
+        store.append_step(step("a", 0, "again"), lease("w1"))
+    with pytest.raises(OwnershipLost):
+        store.append_step(step("nope", 0), lease("w1"))
     assert [(r.position, r.name) for r in store.load_steps("a")] == [(0, "s")]
 
 
 def test_finish_is_fenced_and_drops_ownership(store: Store) -> None:
     store.create_workflow(new_row("a", owner="w1"))
     with pytest.raises(OwnershipLost):
-        store.finish_workflow("a", "w2", WorkflowStatus.SUCCESS, "1", None)
-    store.finish_workflow("a", "w1", WorkflowStatus.SUCCESS, "1", None)
+        store.finish_workflow("a", lease("w2"), WorkflowStatus.SUCCESS, "1", None)
+    store.finish_workflow("a", lease("w1"), WorkflowStatus.SUCCESS, "1", None)
     done = store.get_workflow("a")
     assert done is not None
     assert (done.status, done.output, done.owner) == (WorkflowStatus.SUCCESS, "1", None)
     with pytest.raises(OwnershipLost):  # finished: nobody owns it any more
-        store.append_step(step("a", 0), "w1")
+        store.append_step(step("a", 0), lease("w1"))
 
 
 def test_claim_takes_only_orphans_of_known_names(store: Store) -> None:
-    store.heartbeat(worker("live"))
-    store.heartbeat(worker("dead"))
+    store.heartbeat(worker("live"), 60)
+    store.heartbeat(worker("dead"), 60)
     store.create_workflow(new_row("live-wf", owner="live"))
     store.create_workflow(new_row("dead-wf", owner="dead"))
     store.create_workflow(new_row("ghost-wf", owner="dead", name="ghost"))
     store.create_workflow(new_row("free-wf", owner=None))
     store.create_workflow(new_row("vanished-wf", owner="never-heartbeat"))
     store.create_workflow(new_row("mine", owner="me"))
-    claimed = store.claim("me", ["flow"], lease_seconds=60, dead_workers=["dead"], limit=100)
+    claimed = store.claim("me", ["flow"], dead_workers=["dead"], limit=100)
     assert sorted(r.id for r in claimed) == ["dead-wf", "free-wf", "vanished-wf"]
-    assert all(r.owner == "me" and r.recoveries == 1 for r in claimed)
+    assert all(r.owner == "me" and r.epoch == 2 for r in claimed)
+    # taken from a worker: a recovery; released (no owner): not one
+    assert {r.id: r.recoveries for r in claimed} == {"dead-wf": 1, "free-wf": 0, "vanished-wf": 1}
     assert all(r.status is WorkflowStatus.RUNNING for r in claimed)
-    assert store.orphaned_names("me", 60, ["dead"]) == {"ghost": 1}
-    again = store.claim("me", ["flow"], lease_seconds=60, dead_workers=["dead"], limit=100)
+    assert store.orphaned_names("me", ["dead"]) == {"ghost": 1}
+    again = store.claim("me", ["flow"], dead_workers=["dead"], limit=100)
     assert again == []
 
 
-def test_claim_takes_workflows_of_silent_workers_after_the_lease(store: Store) -> None:
-    store.heartbeat(worker("quiet"))
+def test_claim_can_target_one_workflow(store: Store) -> None:
+    store.create_workflow(new_row("one", owner=None))
+    store.create_workflow(new_row("two", owner=None))
+    claimed = store.claim("me", ["flow"], [], 10, workflow_id="two")
+    assert [r.id for r in claimed] == ["two"]
+
+
+def test_a_claim_fences_off_the_previous_lease_even_of_the_same_worker(store: Store) -> None:
+    store.create_workflow(new_row("a", owner=None))
+    [first] = store.claim("w1", ["flow"], [], 10)
+    assert first.lease is not None
+    assert store.release_workflow("a", first.lease)
+    assert not store.release_workflow("a", first.lease)  # already released
+    [second] = store.claim("w1", ["flow"], [], 10)
+    assert second.lease is not None and second.lease != first.lease
+    with pytest.raises(OwnershipLost):  # the run holding the first lease is fenced off
+        store.append_step(step("a", 0), first.lease)
+    with pytest.raises(OwnershipLost):
+        store.finish_workflow("a", first.lease, WorkflowStatus.SUCCESS, "1", None)
+    store.append_step(step("a", 0), second.lease)
+
+
+def test_claim_takes_workflows_of_silent_workers_after_their_lease(store: Store) -> None:
+    store.heartbeat(worker("quiet"), 0.2)
     store.create_workflow(new_row("q", owner="quiet"))
-    assert store.claim("me", ["flow"], lease_seconds=60, dead_workers=[], limit=10) == []
-    time.sleep(0.3)
-    claimed = store.claim("me", ["flow"], lease_seconds=0.2, dead_workers=[], limit=10)
+    assert store.claim("me", ["flow"], dead_workers=[], limit=10) == []
+    time.sleep(0.3)  # past the quiet worker's own lease
+    claimed = store.claim("me", ["flow"], dead_workers=[], limit=10)
     assert [r.id for r in claimed] == ["q"]
 
 
 def test_finished_workflows_are_never_claimed(store: Store) -> None:
     store.create_workflow(new_row("f", owner="gone"))
-    store.finish_workflow("f", "gone", WorkflowStatus.ERROR, None, '{"type":"x:Y"}')
-    assert store.claim("me", ["flow"], 0, ["gone"], 10) == []
+    store.finish_workflow("f", lease("gone"), WorkflowStatus.ERROR, None, '{"type":"x:Y"}')
+    assert store.claim("me", ["flow"], ["gone"], 10) == []
 
 
 def test_release_returns_work_to_pending_and_forgets_the_worker(store: Store) -> None:
-    store.heartbeat(worker("w1"))
+    store.heartbeat(worker("w1"), 60)
     store.create_workflow(new_row("a", owner="w1"))
     store.create_workflow(new_row("b", owner="w1"))
-    store.finish_workflow("b", "w1", WorkflowStatus.SUCCESS, "1", None)
+    store.finish_workflow("b", lease("w1"), WorkflowStatus.SUCCESS, "1", None)
     assert store.release("w1") == 1
     released = store.get_workflow("a")
     assert released is not None
@@ -133,8 +165,8 @@ def test_release_returns_work_to_pending_and_forgets_the_worker(store: Store) ->
 
 
 def test_forget_workers_keeps_those_that_still_own_work(store: Store) -> None:
-    store.heartbeat(worker("busy"))
-    store.heartbeat(worker("idle"))
+    store.heartbeat(worker("busy"), 60)
+    store.heartbeat(worker("idle"), 60)
     store.create_workflow(new_row("a", owner="busy"))
     store.forget_workers(["busy", "idle"])
     assert [w.id for w in store.list_workers()] == ["busy"]
@@ -152,10 +184,10 @@ def test_list_workflows_filters_and_orders_newest_first(store: Store) -> None:
 
 
 def test_heartbeat_is_an_upsert(store: Store) -> None:
-    store.heartbeat(worker("w"))
+    store.heartbeat(worker("w"), 60)
     first = store.list_workers()[0].heartbeat_at
     time.sleep(0.01)
-    store.heartbeat(worker("w"))
+    store.heartbeat(worker("w"), 60)
     workers = store.list_workers()
     assert len(workers) == 1
     assert workers[0].heartbeat_at > first
@@ -206,7 +238,7 @@ def test_sqlite_corrupt_rows_raise_typed_errors(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     s = open_store(url)
     s.create_workflow(new_row("a", owner="w1"))
-    s.append_step(step("a", 0), "w1")
+    s.append_step(step("a", 0), lease("w1"))
     conn = sqlite3.connect(tmp_path / "c.db")
     conn.execute("UPDATE workflows SET status = 'BOGUS' WHERE id = 'a'")
     conn.execute("UPDATE steps SET started_at = 'yesterday' WHERE workflow_id = 'a'")
@@ -214,6 +246,6 @@ def test_sqlite_corrupt_rows_raise_typed_errors(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(perdure.CorruptRecordError, match="workflow row 'a'"):
         s.get_workflow("a")
-    with pytest.raises(perdure.CorruptRecordError, match="journal row 0 of workflow 'a'"):
+    with pytest.raises(perdure.CorruptRecordError, match="journal row '0' of workflow 'a'"):
         s.load_steps("a")
     s.close()

@@ -876,8 +876,13 @@ def test_exception_from_an_unimported_module_is_none() -> None:
     assert ser.error_summary(text) == ("perdure_test_transient_errors.GoneError", "gone")
 
 
+def test_exception_whose_init_differs_from_its_args_is_rebuilt_from_its_state() -> None:
+    back = ser.loads_error(ser.dumps_error(OnlyMessageError(1, "x")))
+    assert type(back) is OnlyMessageError
+    assert back.args == ("1: x",) and str(back) == "1: x" and back.code == 1
+
+
 def test_exception_that_cannot_be_rebuilt_is_none_not_a_crash() -> None:
-    assert ser.loads_error(ser.dumps_error(OnlyMessageError(1, "x"))) is None
     text = ser.dumps_error(ValueError(threading.Lock()))  # args cannot be journaled
     strict_json(text)
     assert ser.loads_error(text) is None

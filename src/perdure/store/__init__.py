@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 from .._errors import ConfigurationError
 from ._protocol import (
+    Lease,
     OwnershipLost,
     StepRow,
     StepStatus,
@@ -21,6 +22,7 @@ from ._protocol import (
 )
 
 __all__ = [
+    "Lease",
     "OwnershipLost",
     "StepRow",
     "StepStatus",

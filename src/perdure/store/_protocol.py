@@ -4,10 +4,16 @@ Stores speak in domain terms (a workflow, a journal step, a worker) and take and
 frozen dataclasses below. Payloads (inputs, outputs, errors) cross as journal JSON text that
 the engine encoded; a store never interprets them. Stores never import the engine.
 
-Ownership: every unfinished workflow is owned by at most one worker (an engine instance).
-Writes that only the owner may make (a step, the final result) name the owner and fail with
-``OwnershipLost`` when it no longer owns the workflow: that is the fencing that keeps a worker
-which lost its lease from committing anything after another worker took over.
+Ownership: every unfinished workflow is owned by at most one worker (an engine instance),
+under a :class:`Lease`: the owner's id and an epoch that grows with every claim. Writes that
+only the owner may make (a step, the final result, a release) carry the lease and fail with
+``OwnershipLost`` unless it is still the workflow's current lease: that is the fencing that
+keeps a run which lost its workflow from committing anything after another took over, even if
+the same worker later claims the workflow again.
+
+Liveness: each worker's heartbeat row says until when it is alive (``expires_at``, set from
+the worker's own lease length by the database's clock); its workflows become claimable when
+that time passes, or when the claimer knows the worker's process is gone.
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ class OwnershipLost(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to write a workflow's journal: its owner and the claim's epoch."""
+
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowRow:
     """One workflow as stored. ``inputs``/``output``/``error`` are journal JSON text."""
 
@@ -64,14 +78,26 @@ class WorkflowRow:
     created_at: float
     updated_at: float
     recoveries: int = 0
+    epoch: int = 1
+
+    @property
+    def lease(self) -> Lease | None:
+        """The current lease, if an owner holds the workflow."""
+        return None if self.owner is None else Lease(self.owner, self.epoch)
 
 
 @dataclass(frozen=True, slots=True)
 class StepRow:
-    """One journal entry: the outcome of the step at ``position`` of a workflow."""
+    """One journal entry: the outcome of the step with replay key ``key`` of a workflow.
+
+    ``key`` identifies the call on replay: the call's index for steps of the workflow's main
+    line (``"0"``, ``"1"``...), prefixed with the task path for steps called in tasks the
+    workflow started (``"t0/0"``). ``position`` orders entries by commit, for display.
+    """
 
     workflow_id: str
     position: int
+    key: str
     name: str
     status: StepStatus
     output: str | None
@@ -83,12 +109,17 @@ class StepRow:
 
 @dataclass(frozen=True, slots=True)
 class WorkerRow:
-    """A live (or lately live) engine instance, known by its heartbeat."""
+    """A live (or lately live) engine instance, known by its heartbeat.
+
+    ``host`` identifies the machine and process namespace, so a pid check is meaningful only
+    between workers with the same ``host``.
+    """
 
     id: str
     host: str
     pid: int
-    heartbeat_at: float
+    heartbeat_at: float = 0.0
+    expires_at: float = 0.0
 
 
 class Store(Protocol):
@@ -114,29 +145,35 @@ class Store(Protocol):
     def load_steps(self, workflow_id: str) -> list[StepRow]:
         """The workflow's journal, by position."""
 
-    def append_step(self, row: StepRow, owner: str) -> None:
-        """Commit one journal entry durably, if ``owner`` still owns the workflow.
+    def append_step(self, row: StepRow, lease: Lease) -> None:
+        """Commit one journal entry durably, if ``lease`` is the workflow's current lease.
 
         Raises:
-            OwnershipLost: ``owner`` does not own the workflow, or the position is taken.
+            OwnershipLost: the lease is not current, or the key is taken.
         """
 
     def finish_workflow(
         self,
         workflow_id: str,
-        owner: str,
+        lease: Lease,
         status: WorkflowStatus,
         output: str | None,
         error: str | None,
     ) -> None:
-        """Record the final outcome durably and drop ownership, if ``owner`` owns it.
+        """Record the final outcome durably and drop ownership, if ``lease`` is current.
 
         Raises:
-            OwnershipLost: ``owner`` does not own the workflow.
+            OwnershipLost: the lease is not current.
         """
 
-    def heartbeat(self, worker: WorkerRow) -> None:
-        """Record that ``worker`` is alive now (by the database's clock)."""
+    def release_workflow(self, workflow_id: str, lease: Lease) -> bool:
+        """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current.
+
+        Returns whether it was released.
+        """
+
+    def heartbeat(self, worker: WorkerRow, lease_seconds: float) -> None:
+        """Record that ``worker`` is alive for ``lease_seconds`` from now (database clock)."""
 
     def list_workers(self) -> list[WorkerRow]:
         """Every worker row, live or not."""
@@ -145,20 +182,20 @@ class Store(Protocol):
         self,
         worker_id: str,
         names: Collection[str],
-        lease_seconds: float,
         dead_workers: Sequence[str],
         limit: int,
+        workflow_id: str | None = None,
     ) -> list[WorkflowRow]:
         """Take over unfinished workflows whose owner is gone, atomically.
 
-        A workflow is claimable when its name is in ``names`` and its owner is NULL, is in
-        ``dead_workers``, or has no heartbeat newer than ``lease_seconds`` ago. Claimed rows
-        become RUNNING, owned by ``worker_id``, with ``recoveries`` incremented.
+        A workflow is claimable when its name is in ``names`` (and its id is ``workflow_id``,
+        when given) and its owner is NULL, is in ``dead_workers``, or has no worker row whose
+        ``expires_at`` is still ahead. Claimed rows become RUNNING, owned by ``worker_id``,
+        with a new epoch; ``recoveries`` grows by one for rows taken from another worker (not
+        for rows a stopping worker released).
         """
 
-    def orphaned_names(
-        self, worker_id: str, lease_seconds: float, dead_workers: Sequence[str]
-    ) -> dict[str, int]:
+    def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name (for reporting)."""
 
     def release(self, worker_id: str) -> int:

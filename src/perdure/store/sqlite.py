@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from .._errors import ConfigurationError, CorruptRecordError, StoreError, StoreUnavailableError
 from ._migrations import load_migrations
 from ._protocol import (
+    Lease,
     OwnershipLost,
     StepRow,
     StepStatus,
@@ -33,14 +34,20 @@ from ._protocol import (
 
 T = TypeVar("T")
 
-_WF_COLUMNS = "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries"
+_WF_COLUMNS = (
+    "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch"
+)
 _STEP_COLUMNS = (
-    "workflow_id, position, name, status, output, error, started_at, finished_at, attempts"
+    "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts"
 )
 _UNFINISHED = "status IN ('PENDING', 'RUNNING')"
 _CLAIMABLE = (
     f"{_UNFINISHED} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
-    "(SELECT id FROM workers WHERE heartbeat_at >= :live_since))"
+    "(SELECT id FROM workers WHERE expires_at >= :now))"
+)
+_APPEND_SQL = (
+    f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS "
+    "(SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?) ON CONFLICT DO NOTHING"
 )
 
 
@@ -50,7 +57,8 @@ class SQLiteStore:
     Args:
         path: the database file (created if missing), or ``":memory:"``.
         durability: ``"full"`` (fsync on every commit) or ``"normal"`` (see module docs).
-        busy_timeout: seconds to wait for another process's write lock before failing.
+        busy_timeout: seconds to wait for another process's write lock before failing; keep
+            it below the engines' lease so a blocked heartbeat cannot outlive the lease.
     """
 
     def __init__(
@@ -58,7 +66,7 @@ class SQLiteStore:
         path: str,
         *,
         durability: Literal["full", "normal"] = "full",
-        busy_timeout: float = 30.0,
+        busy_timeout: float = 5.0,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ConfigurationError(f"durability must be 'full' or 'normal', not {durability!r}")
@@ -100,10 +108,11 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")  # never leave the write lock held after a failure
             raise
-        conn.execute("COMMIT")
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -151,7 +160,7 @@ class SQLiteStore:
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
-                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (id) DO NOTHING",
                 _workflow_values(row),
             )
@@ -192,21 +201,32 @@ class SQLiteStore:
     def finish_workflow(
         self,
         workflow_id: str,
-        owner: str,
+        lease: Lease,
         status: WorkflowStatus,
         output: str | None,
         error: str | None,
     ) -> None:
-        """Record the final outcome and drop ownership, if ``owner`` owns the workflow."""
+        """Record the final outcome and drop ownership, if ``lease`` is current."""
         cur = self._run(
             lambda c: c.execute(
                 "UPDATE workflows SET status = ?, output = ?, error = ?, owner = NULL, "
-                "updated_at = ? WHERE id = ? AND owner = ?",
-                (status.value, output, error, time.time(), workflow_id, owner),
+                "updated_at = ? WHERE id = ? AND owner = ? AND epoch = ?",
+                (status.value, output, error, time.time(), workflow_id, lease.owner, lease.epoch),
             )
         )
         if cur.rowcount != 1:
-            raise OwnershipLost(f"worker {owner} no longer owns workflow {workflow_id!r}")
+            raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
+
+    def release_workflow(self, workflow_id: str, lease: Lease) -> bool:
+        """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current."""
+        cur = self._run(
+            lambda c: c.execute(
+                "UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ? "
+                f"WHERE id = ? AND owner = ? AND epoch = ? AND {_UNFINISHED}",
+                (time.time(), workflow_id, lease.owner, lease.epoch),
+            )
+        )
+        return bool(cur.rowcount == 1)
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -214,57 +234,45 @@ class SQLiteStore:
         """The workflow's journal, by position."""
         rows = self._run(
             lambda c: c.execute(
-                f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY position",
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY position, key",
                 (workflow_id,),
             ).fetchall()
         )
         return [_step_row(r) for r in rows]
 
-    def append_step(self, row: StepRow, owner: str) -> None:
-        """Commit one journal entry, fenced on ownership, in one statement and one fsync."""
-
-        def append(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,? "
-                "WHERE EXISTS (SELECT 1 FROM workflows WHERE id = ? AND owner = ?) "
-                "ON CONFLICT DO NOTHING",
-                (
-                    row.workflow_id,
-                    row.position,
-                    row.name,
-                    row.status.value,
-                    row.output,
-                    row.error,
-                    row.started_at,
-                    row.finished_at,
-                    row.attempts,
-                    row.workflow_id,
-                    owner,
-                ),
-            ).rowcount
-
-        if self._run(append) != 1:
+    def append_step(self, row: StepRow, lease: Lease) -> None:
+        """Commit one journal entry, fenced on the lease, in one statement and one fsync."""
+        params = (
+            row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
+            row.error, row.started_at, row.finished_at, row.attempts,
+            row.workflow_id, lease.owner, lease.epoch,
+        )  # fmt: skip
+        if self._run(lambda c: c.execute(_APPEND_SQL, params).rowcount) != 1:
             raise OwnershipLost(
-                f"worker {owner} cannot record position {row.position} of workflow "
-                f"{row.workflow_id!r}: it no longer owns the workflow or the position is taken"
+                f"worker {lease.owner} cannot record step {row.key} of workflow "
+                f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
             )
 
     # -- ownership -------------------------------------------------------------------------
 
-    def heartbeat(self, worker: WorkerRow) -> None:
-        """Record that ``worker`` is alive now."""
+    def heartbeat(self, worker: WorkerRow, lease_seconds: float) -> None:
+        """Record that ``worker`` is alive for ``lease_seconds`` from now."""
+        now = time.time()
         self._run(
             lambda c: c.execute(
-                "INSERT INTO workers (id, host, pid, heartbeat_at) VALUES (?,?,?,?) "
-                "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                (worker.id, worker.host, worker.pid, time.time()),
+                "INSERT INTO workers (id, host, pid, heartbeat_at, expires_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+                "expires_at = excluded.expires_at",
+                (worker.id, worker.host, worker.pid, now, now + lease_seconds),
             )
         )
 
     def list_workers(self) -> list[WorkerRow]:
         """Every worker row, live or not."""
         rows = self._run(
-            lambda c: c.execute("SELECT id, host, pid, heartbeat_at FROM workers").fetchall()
+            lambda c: c.execute(
+                "SELECT id, host, pid, heartbeat_at, expires_at FROM workers"
+            ).fetchall()
         )
         return [WorkerRow(*r) for r in rows]
 
@@ -272,22 +280,26 @@ class SQLiteStore:
         self,
         worker_id: str,
         names: Collection[str],
-        lease_seconds: float,
         dead_workers: Sequence[str],
         limit: int,
+        workflow_id: str | None = None,
     ) -> list[WorkflowRow]:
         """Take over unfinished workflows whose owner is gone (see the protocol)."""
         if not names:
             return []
-        params: dict[str, Any] = {"me": worker_id, "live_since": time.time() - lease_seconds}
+        params: dict[str, Any] = {"me": worker_id, "now": time.time(), "limit": limit}
         dead = _named_list(params, "dead", dead_workers)
         wanted = _named_list(params, "name", names)
-        params.update(now=time.time(), limit=limit)
+        only = ""
+        if workflow_id is not None:
+            params["only"] = workflow_id
+            only = "AND id = :only"
         sql = (
             "UPDATE workflows SET owner = :me, status = 'RUNNING', updated_at = :now, "
-            f"recoveries = recoveries + 1 WHERE id IN (SELECT id FROM workflows WHERE "
-            f"{_CLAIMABLE.format(dead=dead)} AND name IN ({wanted}) ORDER BY created_at "
-            f"LIMIT :limit) RETURNING {_WF_COLUMNS}"
+            "recoveries = recoveries + (owner IS NOT NULL), epoch = epoch + 1 "
+            f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
+            f"AND name IN ({wanted}) {only} ORDER BY created_at LIMIT :limit) "
+            f"RETURNING {_WF_COLUMNS}"
         )
 
         def claim(conn: sqlite3.Connection) -> list[Any]:
@@ -296,11 +308,9 @@ class SQLiteStore:
 
         return [_workflow_row(r) for r in self._run(claim)]
 
-    def orphaned_names(
-        self, worker_id: str, lease_seconds: float, dead_workers: Sequence[str]
-    ) -> dict[str, int]:
+    def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name."""
-        params: dict[str, Any] = {"me": worker_id, "live_since": time.time() - lease_seconds}
+        params: dict[str, Any] = {"me": worker_id, "now": time.time()}
         dead = _named_list(params, "dead", dead_workers)
         sql = (
             f"SELECT name, COUNT(*) FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
@@ -359,6 +369,7 @@ def _workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
         row.created_at,
         row.updated_at,
         row.recoveries,
+        row.epoch,
     )
 
 
@@ -375,6 +386,7 @@ def _workflow_row(r: Sequence[Any]) -> WorkflowRow:
             created_at=float(r[7]),
             updated_at=float(r[8]),
             recoveries=int(r[9]),
+            epoch=int(r[10]),
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc
@@ -385,15 +397,16 @@ def _step_row(r: Sequence[Any]) -> StepRow:
         return StepRow(
             workflow_id=r[0],
             position=int(r[1]),
-            name=r[2],
-            status=StepStatus(r[3]),
-            output=r[4],
-            error=r[5],
-            started_at=float(r[6]),
-            finished_at=float(r[7]),
-            attempts=int(r[8]),
+            key=str(r[2]),
+            name=r[3],
+            status=StepStatus(r[4]),
+            output=r[5],
+            error=r[6],
+            started_at=float(r[7]),
+            finished_at=float(r[8]),
+            attempts=int(r[9]),
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(
-            f"journal row {r[1]!r} of workflow {r[0]!r} cannot be read: {exc}"
+            f"journal row {r[2]!r} of workflow {r[0]!r} cannot be read: {exc}"
         ) from exc
