@@ -103,6 +103,7 @@ async def achain(n: int) -> int:
 RAW_STEPS_DDL = """
 CREATE TABLE steps (
     workflow_id TEXT NOT NULL,
+    key         TEXT NOT NULL,
     position    INTEGER NOT NULL,
     name        TEXT NOT NULL,
     status      TEXT NOT NULL,
@@ -111,10 +112,10 @@ CREATE TABLE steps (
     started_at  REAL NOT NULL,
     finished_at REAL NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (workflow_id, position)
+    PRIMARY KEY (workflow_id, key)
 ) WITHOUT ROWID
 """
-RAW_INSERT = "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+RAW_INSERT = "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 @contextlib.contextmanager
@@ -137,7 +138,18 @@ def open_raw(db: Path, synchronous: str) -> Iterator[Runner]:
             now = time.time()
             conn.execute(
                 RAW_INSERT,
-                (workflow_id, position, "bench.inc", "SUCCESS", str(x), None, now, now, 1),
+                (
+                    workflow_id,
+                    str(position),
+                    position,
+                    "bench.inc",
+                    "SUCCESS",
+                    str(x),
+                    None,
+                    now,
+                    now,
+                    1,
+                ),
             )
         return x
 

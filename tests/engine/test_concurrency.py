@@ -6,11 +6,11 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
 import perdure
+from conftest import wait_until
 
 calls: Counter[str] = Counter()
 release = threading.Event()
@@ -20,13 +20,6 @@ release = threading.Event()
 def _reset() -> None:
     calls.clear()
     release.clear()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 SYNC_N = 16

@@ -26,6 +26,7 @@ import pydantic
 import pytest
 
 import perdure
+from conftest import wait_until
 from perdure import _serialize
 from perdure.store.sqlite import SQLiteStore
 
@@ -44,13 +45,6 @@ def _reset() -> Iterator[None]:
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'rev.db'}"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 @perdure.step(name="rev_block")

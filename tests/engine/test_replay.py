@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 import perdure
+from conftest import wait_until
 
 calls: Counter[str] = Counter()
 gate = threading.Event()
@@ -26,13 +26,6 @@ gate = threading.Event()
 def _reset() -> None:
     calls.clear()
     gate.clear()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 class Refused(Exception):
