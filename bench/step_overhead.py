@@ -30,6 +30,7 @@ The exit status is 0 whether or not the targets are met: this is a benchmark, no
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import os
@@ -179,6 +180,24 @@ def perdure_opener(durability: Durability, is_async: bool) -> Opener:
     return lambda db: open_perdure(db, durability, is_async)
 
 
+@contextlib.contextmanager
+def open_async_engine(db: Path, durability: Durability) -> Iterator[Runner]:
+    """AsyncEngine: the async workflow runs on the caller's loop (here, this thread's)."""
+    loop = asyncio.new_event_loop()
+    engine = perdure.AsyncEngine(f"sqlite:///{db}", durability=durability)
+    loop.run_until_complete(engine.open())
+
+    def run(n: int) -> int:
+        result: int = loop.run_until_complete(engine.run(achain, n))
+        return result
+
+    try:
+        yield run
+    finally:
+        loop.run_until_complete(engine.close())
+        loop.close()
+
+
 @dataclass
 class Variant:
     key: str
@@ -205,6 +224,13 @@ def variants() -> list[Variant]:
             "async-full",
             "perdure async workflow, full",
             perdure_opener("full", True),
+            baseline="raw-full",
+            target=True,
+        ),
+        Variant(
+            "asyncengine-full",
+            "perdure async, AsyncEngine, full",
+            lambda db: open_async_engine(db, "full"),
             baseline="raw-full",
             target=True,
         ),

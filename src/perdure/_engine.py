@@ -466,10 +466,12 @@ class Engine:
     def _context(self, workflow_id: str, name: str, lease: Lease) -> WorkflowContext:
         assert self._store is not None
         journal = self._store.load_steps(workflow_id)
-        # With durability="normal" a commit does not fsync: async steps commit inline, which
-        # costs less than the hop to an I/O thread. With "full" they hop, so the event loop
-        # never waits on an fsync.
-        io = self._io if self._durability == "full" else None
+        # Async steps commit inline on the engine's own loop (it runs only workflows, whose
+        # commits serialize on the store anyway), and inline without fsync (durability
+        # "normal"): both cost less than a hop to an I/O thread. On a caller's loop
+        # (AsyncEngine) a durable commit hops, so the application's loop never waits on fsync.
+        hop = self._durability == "full" and self._own_loop_thread is None
+        io = self._io if hop else None
         return WorkflowContext(
             workflow_id, name, journal, self._store, lease, self._closing.is_set, io
         )
