@@ -7,21 +7,31 @@ is private.
 """
 
 from ._async_engine import AsyncEngine
-from ._context import now, random, uuid4, workflow_id
+from ._context import workflow_id
 from ._decorators import step, workflow
 from ._engine import Engine
 from ._errors import (
     ConfigurationError,
     CorruptRecordError,
+    DeadLetteredError,
+    DeadlineExceededError,
     EngineClosedError,
     NonDeterminismError,
     PerdureError,
+    PermanentError,
+    RateLimitedError,
     RecordedStepError,
     ResultTimeoutError,
     SerializationError,
+    StepError,
+    StepFailedError,
+    StepTimeoutError,
     StoreError,
     StoreUnavailableError,
+    TransientError,
     UnknownWorkflowError,
+    WorkflowCancelled,
+    WorkflowCancelledError,
     WorkflowConflictError,
     WorkflowFailedError,
     WorkflowInterrupted,
@@ -29,28 +39,46 @@ from ._errors import (
 )
 from ._handle import AsyncWorkflowHandle, WorkflowHandle
 from ._records import ErrorInfo, StepInfo, WorkflowInfo
+from ._retry import DEFAULT_RETRY, NO_RETRY, Failure, FailureKind, RetryPolicy, register_classifier
+from ._runner import compensate
+from ._steps import now, random, uuid4
 from .store import StepStatus, WorkflowStatus
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_RETRY",
+    "NO_RETRY",
     "AsyncEngine",
     "AsyncWorkflowHandle",
     "ConfigurationError",
     "CorruptRecordError",
+    "DeadLetteredError",
+    "DeadlineExceededError",
     "Engine",
     "EngineClosedError",
     "ErrorInfo",
+    "Failure",
+    "FailureKind",
     "NonDeterminismError",
     "PerdureError",
+    "PermanentError",
+    "RateLimitedError",
     "RecordedStepError",
     "ResultTimeoutError",
+    "RetryPolicy",
     "SerializationError",
+    "StepError",
+    "StepFailedError",
     "StepInfo",
     "StepStatus",
+    "StepTimeoutError",
     "StoreError",
     "StoreUnavailableError",
+    "TransientError",
     "UnknownWorkflowError",
+    "WorkflowCancelled",
+    "WorkflowCancelledError",
     "WorkflowConflictError",
     "WorkflowFailedError",
     "WorkflowHandle",
@@ -59,8 +87,10 @@ __all__ = [
     "WorkflowNotFound",
     "WorkflowStatus",
     "__version__",
+    "compensate",
     "now",
     "random",
+    "register_classifier",
     "step",
     "uuid4",
     "workflow",

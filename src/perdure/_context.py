@@ -15,24 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
-import random as _random
-import time
-import uuid as _uuid
-from collections.abc import Callable, Coroutine, Mapping
+import threading
+from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import ContextVar
 from typing import Any
 
 from . import _serialize
+from ._clock import Clock, SystemClock
 from ._decorators import StepSpec
 from ._errors import (
+    DeadlineExceededError,
     NonDeterminismError,
     PerdureError,
     RecordedStepError,
     SerializationError,
+    WorkflowCancelled,
     WorkflowInterrupted,
 )
-from .store import Lease, OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
+from ._retry import DEFAULT_RETRY, RetryPolicy
+from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
 
 _current: ContextVar[WorkflowContext | None] = ContextVar("perdure_workflow", default=None)
 _in_step: ContextVar[bool] = ContextVar("perdure_in_step", default=False)
@@ -78,6 +80,11 @@ class WorkflowContext:
         lease: this run's lease, the fencing token for every write.
         stopping: tells whether the engine is shutting down (no new step may start).
         io: executor for store writes made from async code (None: write inline).
+        clock: the engine's clock (backoff waits, retry times, deadlines).
+        default_retry: the policy of steps that name none.
+        attempts: failed attempts recorded so far (of steps being retried).
+        deadline_at: when the workflow must have finished (clock time), or None.
+        cancel_requested: whether cancellation was already asked when the run started.
     """
 
     def __init__(
@@ -89,18 +96,34 @@ class WorkflowContext:
         lease: Lease,
         stopping: Callable[[], bool],
         io: Executor | None = None,
+        *,
+        clock: Clock | None = None,
+        default_retry: RetryPolicy = DEFAULT_RETRY,
+        attempts: list[AttemptRow] | None = None,
+        deadline_at: float | None = None,
+        cancel_requested: bool = False,
     ) -> None:
         self.workflow_id = workflow_id
         self.name = name
         self.store = store
         self.lease = lease
+        self.clock: Clock = clock or SystemClock()
+        self.default_retry = default_retry
+        self.deadline_at = deadline_at
+        self.cancel_requested = cancel_requested
+        self.wake = threading.Event()  # interrupts a sync backoff wait (cancel, shutdown)
+        self.compensating = False
+        self.compensations: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+        self._attempts: dict[str, list[AttemptRow]] = {}
+        for attempt in sorted(attempts or [], key=lambda a: a.attempt):
+            self._attempts.setdefault(attempt.key, []).append(attempt)
         self.root = Branch("")
         self._journal: dict[str, StepRow] = {row.key: row for row in journal}
         self._used: set[str] = set()
         self._stopping = stopping
         self._io = io
         self._position = max((row.position for row in journal), default=-1) + 1
-        self._broken: NonDeterminismError | None = None
+        self._broken: PerdureError | None = None
         self.replayed = 0
         self.executed = 0
 
@@ -143,10 +166,42 @@ class WorkflowContext:
         except SerializationError as exc:
             raise SerializationError(f"{self._where(row.key, row.name)}: {exc}") from exc
 
+    def attempts(self, key: str) -> list[AttemptRow]:
+        """The failed attempts already journaled for the step with this key."""
+        return self._attempts.get(key, [])
+
+    def step_timeout(self, spec: StepSpec) -> float | None:
+        """The time one attempt of ``spec`` may take: its timeout, capped by the deadline."""
+        limit = spec.timeout
+        if self.deadline_at is not None and not self.compensating:
+            left = max(0.001, self.deadline_at - self.clock.time())
+            limit = left if limit is None else min(limit, left)
+        return limit
+
     def check_can_start_step(self) -> None:
-        """Raise ``WorkflowInterrupted`` if the engine is stopping: no new step may start."""
+        """Stop here if no new step attempt may start: the engine is stopping
+        (``WorkflowInterrupted``), the workflow was cancelled (``WorkflowCancelled``), or
+        its deadline passed (``DeadlineExceededError``, latched like non-determinism).
+        Compensations still run after a cancellation or a missed deadline."""
         if self._stopping():
             raise WorkflowInterrupted(f"engine stopping; {self.workflow_id!r} resumes later")
+        if self.compensating:
+            return
+        if self.cancel_requested:
+            raise WorkflowCancelled(f"workflow {self.workflow_id!r} was cancelled")
+        if self._broken is not None:
+            raise self._broken
+        if self.deadline_at is not None and self.clock.time() >= self.deadline_at:
+            when = dt.datetime.fromtimestamp(self.deadline_at, dt.UTC).isoformat()
+            self._broken = DeadlineExceededError(
+                f"workflow {self.workflow_id!r} passed its deadline ({when})"
+            )
+            raise self._broken
+
+    def request_cancel(self) -> None:
+        """Ask this run to stop at its next step boundary or wait (thread-safe)."""
+        self.cancel_requested = True
+        self.wake.set()
 
     def check_complete(self) -> None:
         """At the end of a run: fail if the journal holds steps the code did not reach.
@@ -164,7 +219,9 @@ class WorkflowContext:
 
     # -- recording -------------------------------------------------------------------------
 
-    def success_row(self, key: str, name: str, value: Any, started: float) -> StepRow:
+    def success_row(
+        self, key: str, name: str, value: Any, started: float, attempts: int = 1
+    ) -> StepRow:
         """Build the journal entry for a step that returned ``value``.
 
         Raises:
@@ -178,18 +235,31 @@ class WorkflowContext:
                 f"{exc.type_name} at {exc.path or 'the top level'}{exc.reason}. Return JSON "
                 "data, a dataclass, an Enum or a pydantic model; nothing was committed"
             ) from None
-        return self._row(key, name, StepStatus.SUCCESS, output, None, started)
+        return self._row(key, name, StepStatus.SUCCESS, output, None, started, attempts)
 
-    def failure_row(self, key: str, name: str, exc: BaseException, started: float) -> StepRow:
+    def failure_row(
+        self, key: str, name: str, exc: BaseException, started: float, attempts: int = 1
+    ) -> StepRow:
         """Build the journal entry for a step that raised ``exc``."""
-        return self._row(key, name, StepStatus.ERROR, None, _serialize.dumps_error(exc), started)
+        error = _serialize.dumps_error(exc)
+        return self._row(key, name, StepStatus.ERROR, None, error, started, attempts)
 
     def _row(
-        self, key: str, name: str, status: StepStatus, out: str | None, err: str | None, t0: float
+        self,
+        key: str,
+        name: str,
+        status: StepStatus,
+        out: str | None,
+        err: str | None,
+        started: float,
+        attempts: int,
     ) -> StepRow:
         position = self._position
         self._position += 1
-        return StepRow(self.workflow_id, position, key, name, status, out, err, t0, time.time())
+        finished = self.clock.time()
+        return StepRow(
+            self.workflow_id, position, key, name, status, out, err, started, finished, attempts
+        )
 
     def commit(self, row: StepRow) -> None:
         """Write one journal entry durably.
@@ -209,6 +279,22 @@ class WorkflowContext:
                 "workflow resumes at this step"
             ) from exc
         self.executed += 1
+
+    def commit_attempt(self, row: AttemptRow) -> None:
+        """Journal a failed attempt that will be retried (fenced like :meth:`commit`)."""
+        try:
+            self.store.append_attempt(row, self.lease)
+        except OwnershipLost as exc:
+            raise WorkflowInterrupted(str(exc)) from None
+        except PerdureError as exc:
+            raise WorkflowInterrupted(f"journaling a failed attempt failed ({exc})") from exc
+
+    async def commit_attempt_async(self, row: AttemptRow) -> None:
+        """:meth:`commit_attempt` from async code (on the I/O executor when there is one)."""
+        if self._io is None:
+            self.commit_attempt(row)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.commit_attempt, row)
 
     async def commit_async(self, row: StepRow) -> None:
         """:meth:`commit` from async code: on the I/O executor, so the event loop never waits
@@ -284,96 +370,7 @@ def task_factory(previous: Any = None) -> Any:
     return factory
 
 
-# -- step calls ----------------------------------------------------------------------------
-
-
-def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    """Run (or replay) a sync step call."""
-    ctx = current()
-    if ctx is None:
-        return spec.fn(*args, **kwargs)
-    key = ctx.reserve()
-    row = ctx.lookup(key, spec.name)
-    if row is not None:
-        return ctx.replay(row, spec.return_hint())
-    ctx.check_can_start_step()
-    started = time.time()
-    token = _in_step.set(True)
-    try:
-        value = spec.fn(*args, **kwargs)
-    except Exception as exc:
-        ctx.commit(ctx.failure_row(key, spec.name, exc, started))
-        raise
-    finally:
-        _in_step.reset(token)
-    row = ctx.success_row(key, spec.name, value, started)
-    ctx.commit(row)
-    return ctx.decode(row, spec.return_hint())
-
-
-def call_step_async(
-    spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> Coroutine[Any, Any, Any]:
-    """Take the step's position now (call order) and return the coroutine that runs it."""
-    ctx = current()
-    if ctx is None:
-        return spec.fn(*args, **kwargs)  # type: ignore[no-any-return]
-    return _run_step_async(ctx, ctx.reserve(), spec, args, kwargs)
-
-
-async def _run_step_async(
-    ctx: WorkflowContext,
-    key: str,
-    spec: StepSpec,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-) -> Any:
-    row = ctx.lookup(key, spec.name)
-    if row is not None:
-        return ctx.replay(row, spec.return_hint())
-    ctx.check_can_start_step()
-    started = time.time()
-    token = _in_step.set(True)
-    try:
-        value = await spec.fn(*args, **kwargs)
-    except Exception as exc:
-        await ctx.commit_async(ctx.failure_row(key, spec.name, exc, started))
-        raise
-    finally:
-        _in_step.reset(token)
-    row = ctx.success_row(key, spec.name, value, started)
-    await ctx.commit_async(row)
-    return ctx.decode(row, spec.return_hint())
-
-
-# -- deterministic helpers -----------------------------------------------------------------
-
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-_NOW = StepSpec("perdure.now", _utc_now, dt.datetime, True)
-_RANDOM = StepSpec("perdure.random", _random.random, float, True)
-_UUID4 = StepSpec("perdure.uuid4", _uuid.uuid4, _uuid.UUID, True)
-
-
-def now() -> dt.datetime:
-    """The current time (UTC, timezone-aware), journaled: replay returns the same instant.
-
-    Outside a workflow it is simply the current time.
-    """
-    return call_step_sync(_NOW, (), {})  # type: ignore[no-any-return]
-
-
-def random() -> float:
-    """A random float in [0, 1), journaled: replay returns the same number."""
-    return call_step_sync(_RANDOM, (), {})  # type: ignore[no-any-return]
-
-
-def uuid4() -> _uuid.UUID:
-    """A random UUID, journaled: replay returns the same UUID."""
-    return call_step_sync(_UUID4, (), {})  # type: ignore[no-any-return]
+# -- helpers -----------------------------------------------------------------------------
 
 
 def workflow_id() -> str:

@@ -9,19 +9,36 @@ journaled (or replayed); anywhere else the wrapper just calls the function.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import functools
 import inspect
 import threading
 import typing
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._errors import ConfigurationError
+from ._retry import RetryPolicy
 
 P = ParamSpec("P")
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Step(Protocol[P, R_co]):
+    """A function decorated with ``@perdure.step``: call it like the function."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def options(
+        self, *, retry: RetryPolicy | None = None, timeout: float | None = None
+    ) -> Step[P, R_co]:
+        """The same step with another retry policy or timeout, for one call site."""
+        ...
+
 
 _SPEC_ATTR = "__perdure_workflow__"
 
@@ -33,6 +50,7 @@ class WorkflowSpec:
     name: str
     fn: Callable[..., Any]
     is_async: bool
+    deadline: float | None = None
     _hints: dict[str, Any] | None = field(default=None, repr=False)
     _signature: inspect.Signature | None = field(default=None, repr=False)
 
@@ -57,12 +75,17 @@ class WorkflowSpec:
 
 @dataclass
 class StepSpec:
-    """A step's name and function, with its return annotation resolved on first use."""
+    """A step's name, function and options, with its return annotation resolved on first use.
+
+    ``retry`` None means the engine's default policy; ``timeout`` None means no limit.
+    """
 
     name: str
     fn: Callable[..., Any]
     _return_hint: Any = field(default=None, repr=False)
     _resolved: bool = field(default=False, repr=False)
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
 
     def return_hint(self) -> Any:
         """The step's return annotation, or None."""
@@ -125,10 +148,18 @@ def workflow(fn: F, /) -> F: ...
 
 
 @overload
-def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+def workflow(
+    *, name: str | None = None, deadline: float | dt.timedelta | None = None
+) -> Callable[[F], F]: ...
 
 
-def workflow(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+def workflow(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    deadline: float | dt.timedelta | None = None,
+) -> F | Callable[[F], F]:
     """Mark a function (``def`` or ``async def``) as a durable workflow.
 
     Use bare (``@perdure.workflow``) or with arguments (``@perdure.workflow(name="triage")``).
@@ -138,18 +169,25 @@ def workflow(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
     Args:
         fn: the function (when used bare).
         name: the registered name.
+        deadline: how long a run may take from its start (seconds or a timedelta); past it,
+            the next step call raises ``DeadlineExceededError``, compensations run, and the
+            run ends in ERROR. Step timeouts and retry waits are capped by it.
 
     Returns:
         The function itself, registered; calling it directly runs it without durability.
 
     Raises:
-        ConfigurationError: another function is already registered under that name.
+        ConfigurationError: another function is already registered under that name, or the
+            deadline is not positive.
     """
+    seconds = deadline.total_seconds() if isinstance(deadline, dt.timedelta) else deadline
+    if seconds is not None and not seconds > 0:
+        raise ConfigurationError(f"a workflow deadline must be positive, not {deadline!r}")
 
     def decorate(f: F) -> F:
         if not callable(f):
             raise ConfigurationError("@perdure.workflow decorates a function")
-        spec = WorkflowSpec(name or f.__qualname__, f, inspect.iscoroutinefunction(f))
+        spec = WorkflowSpec(name or f.__qualname__, f, inspect.iscoroutinefunction(f), seconds)
         _register(spec)
         setattr(f, _SPEC_ATTR, spec)
         return f
@@ -158,22 +196,33 @@ def workflow(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
 
 
 @overload
-def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 
 
 @overload
-def step(*, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def step(
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
 def step(
-    fn: Callable[P, R] | None = None, /, *, name: str | None = None
-) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
     """Mark a function (``def`` or ``async def``) as a step: its outcome is journaled.
 
-    Inside a workflow, each call takes the next journal position. The first time, the body
-    runs and its return value (or exception) is committed before the call returns; on replay
-    the recorded value is returned (or the recorded exception raised) and the body does not
-    run. Outside a workflow, or inside another step, the function simply runs.
+    Inside a workflow, each call takes the next journal key. The first time, the body runs
+    (retried per ``retry``) and its return value (or final exception) is committed before the
+    call returns; on replay the recorded value is returned (or the recorded exception raised)
+    and the body does not run. Outside a workflow, or inside another step, the function
+    simply runs, once.
 
     The return value must be serializable (see ``docs/serialization.md``); annotate the return
     type so replay in a fresh process can rebuild dataclasses, enums and pydantic models.
@@ -181,30 +230,56 @@ def step(
     Args:
         fn: the function (when used bare).
         name: the name journaled with each call (default: the function's ``__qualname__``).
+        retry: how failed attempts are retried (default: the engine's policy, see
+            ``docs/failures.md``).
+        timeout: seconds one attempt may run; a sync step runs on its own thread so it can
+            be abandoned (its late result is discarded). Raises ``StepTimeoutError``.
 
     Returns:
-        A wrapper with the same signature.
+        A wrapper with the same signature, and ``.options(retry=, timeout=)`` to override
+        them for one call site.
+
+    Raises:
+        ConfigurationError: ``timeout`` is not positive.
     """
+    if timeout is not None and not timeout > 0:
+        raise ConfigurationError(
+            f"a step timeout must be a positive number of seconds, not {timeout!r}"
+        )
 
-    def decorate(f: Callable[P, R]) -> Callable[P, R]:
-        from . import _context
-
-        spec = StepSpec(name or f.__qualname__, f)
-        if inspect.iscoroutinefunction(f):
-
-            @functools.wraps(f)
-            def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, Any]:
-                # A plain function returning a coroutine: the journal position is taken at
-                # call time, so steps started together (asyncio.gather) replay in call order.
-                return _context.call_step_async(spec, args, kwargs)
-
-            _mark_coroutine_function(async_wrapper)
-            return typing.cast(Callable[P, R], async_wrapper)
-
-        @functools.wraps(f)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return typing.cast(R, _context.call_step_sync(spec, args, kwargs))
-
-        return sync_wrapper
+    def decorate(f: Callable[P, R]) -> Step[P, R]:
+        return _wrap(StepSpec(name or f.__qualname__, f, retry=retry, timeout=timeout))
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _wrap(spec: StepSpec) -> Step[Any, Any]:
+    from . import _steps
+
+    f = spec.fn
+
+    def options(*, retry: RetryPolicy | None = None, timeout: float | None = None) -> Any:
+        return _wrap(
+            dataclasses.replace(spec, retry=retry or spec.retry, timeout=timeout or spec.timeout)
+        )
+
+    if inspect.iscoroutinefunction(f):
+
+        @functools.wraps(f)
+        def async_wrapper(*args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+            # A plain function returning a coroutine: the journal key is taken at call time,
+            # so steps started together (asyncio.gather) replay in call order.
+            return _steps.call_step_async(spec, args, kwargs)
+
+        _mark_coroutine_function(async_wrapper)
+        async_wrapper.options = options  # type: ignore[attr-defined]
+        async_wrapper.__perdure_step__ = spec  # type: ignore[attr-defined]
+        return typing.cast(Step[Any, Any], async_wrapper)
+
+    @functools.wraps(f)
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _steps.call_step_sync(spec, args, kwargs)
+
+    sync_wrapper.options = options  # type: ignore[attr-defined]
+    sync_wrapper.__perdure_step__ = spec  # type: ignore[attr-defined]
+    return typing.cast(Step[Any, Any], sync_wrapper)

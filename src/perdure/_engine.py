@@ -23,11 +23,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
-from . import _context
+from . import _context, _runner
+from ._clock import Clock, SystemClock
 from ._context import WorkflowContext
 from ._decorators import WorkflowSpec, registered, registered_names, spec_of
 from ._errors import (
     ConfigurationError,
+    DeadLetteredError,
     EngineClosedError,
     PerdureError,
     SerializationError,
@@ -45,6 +47,7 @@ from ._records import (
     encode_inputs,
     validate_workflow_id,
 )
+from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._serialize import UnserializableValue, dumps_error
 from ._threads import DaemonPool
 from ._workers import dead_workers, this_worker
@@ -53,7 +56,7 @@ from .store import Lease, Store, WorkflowRow, WorkflowStatus, open_store
 log = logging.getLogger("perdure")
 
 R = TypeVar("R")
-Outcome = tuple[WorkflowStatus, str | None, str | None]
+Outcome = _runner.Outcome
 
 
 @dataclass
@@ -63,6 +66,7 @@ class _Run:
     workflow_id: str
     done: threading.Event = field(default_factory=threading.Event)
     future: Future[Any] | None = None
+    ctx: WorkflowContext | None = None
 
 
 class Engine:
@@ -82,6 +86,11 @@ class Engine:
         recovery_interval: how often this worker looks for workflows to take over.
         shutdown_grace: seconds :meth:`close` gives in-flight steps to finish.
         recover: whether to take over unfinished workflows (at start and periodically).
+        retry: the retry policy of steps that name none (see ``docs/failures.md``).
+        max_recoveries: takeovers after which a workflow that keeps killing its workers is
+            dead-lettered (status DEAD_LETTER) instead of being run again.
+        clock: the time source for backoff, retry times and deadlines (tests pass
+            ``perdure.testing.FakeClock()``).
     """
 
     def __init__(
@@ -95,6 +104,9 @@ class Engine:
         recovery_interval: float = 2.0,
         shutdown_grace: float = 2.0,
         recover: bool = True,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_recoveries: int = 5,
+        clock: Clock | None = None,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if heartbeat_interval * 2 > lease_seconds:
@@ -106,6 +118,9 @@ class Engine:
         self._recovery_interval = recovery_interval
         self._grace = shutdown_grace
         self._auto_recover = recover
+        self._default_retry = retry
+        self._max_recoveries = max_recoveries
+        self.clock: Clock = clock or SystemClock()
         self.worker = this_worker()
         self._threads = DaemonPool(max_threads, "perdure-workflow")
         self._io = DaemonPool(1, "perdure-io")
@@ -282,9 +297,10 @@ class Engine:
                 "models. Nothing was recorded."
             ) from None
         now = time.time()
+        deadline_at = None if spec.deadline is None else self.clock.time() + spec.deadline
         row = WorkflowRow(
             workflow_id, spec.name, WorkflowStatus.RUNNING, inputs, None, None,
-            self.worker.id, now, now,
+            self.worker.id, now, now, deadline_at=deadline_at,
         )  # fmt: skip
         stored, created = store.create_workflow(row)
         if created:
@@ -316,6 +332,32 @@ class Engine:
         """
         self.get_workflow(workflow_id)
         return WorkflowHandle(self, workflow_id)
+
+    def cancel(self, workflow_id: str) -> WorkflowStatus:
+        """Cancel a workflow, from any process: it stops at its next step boundary or wait
+        (an in-flight async step is cancelled; a sync one finishes first), runs its
+        compensations, and ends CANCELLED. A finished workflow is left as it is.
+
+        Returns:
+            The workflow's status when the request was recorded.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+        """
+        row = self.store.request_cancel(workflow_id)
+        if row is None:
+            raise WorkflowNotFound(workflow_id)
+        if not row.status.finished:
+            self._signal_cancel(workflow_id)
+        return row.status
+
+    def _signal_cancel(self, workflow_id: str) -> None:
+        run = self._local_run(workflow_id)
+        if run is None or run.ctx is None or run.ctx.cancel_requested:
+            return
+        run.ctx.request_cancel()
+        if run.future is not None:
+            run.future.cancel()  # an async workflow: cancel what it awaits now
 
     # -- inspecting ------------------------------------------------------------------------
 
@@ -380,6 +422,9 @@ class Engine:
         """Launch a claimed workflow; on any failure give it back. Returns whether launched."""
         lease = row.lease
         assert lease is not None
+        if row.recoveries > self._max_recoveries:
+            self._dead_letter(row, lease)
+            return False
         try:
             spec = registered(row.name)
             if spec is None:
@@ -397,6 +442,18 @@ class Engine:
             log.warning("perdure: could not resume %r, giving it back: %s", row.id, exc)
             self._give_back(row.id, lease)
             return False
+
+    def _dead_letter(self, row: WorkflowRow, lease: Lease) -> None:
+        error = DeadLetteredError(
+            f"workflow {row.id!r} ({row.name}) was taken over {row.recoveries} times after its "
+            f"worker died (limit {self._max_recoveries}): it keeps killing the processes that "
+            "run it, so it is not run again. Its journal is intact: fix the cause and resume it"
+        )
+        log.error("perdure: %s", error)
+        try:
+            self._finish(row.id, lease, (WorkflowStatus.DEAD_LETTER, None, dumps_error(error)))
+        except WorkflowInterrupted:
+            self._give_back(row.id, lease)
 
     def _give_back(self, workflow_id: str, lease: Lease) -> None:
         """Release a workflow this engine holds but will not run; retried until it works."""
@@ -425,6 +482,8 @@ class Engine:
         while not self._closing.wait(self._heartbeat_interval):
             try:
                 self.store.heartbeat(self.worker, self._lease)
+                for workflow_id in self.store.cancel_requests(self.worker.id):
+                    self._signal_cancel(workflow_id)
                 for workflow_id, lease in list(self._unreleased.items()):
                     self._give_back(workflow_id, lease)
                 if self._auto_recover and time.monotonic() >= next_recovery:
@@ -452,10 +511,10 @@ class Engine:
         try:
             if spec.is_async:
                 assert self._loop is not None
-                coro = self._run_async(spec, row.id, lease, args, kwargs, run)
+                coro = self._run_async(spec, row, lease, args, kwargs, run)
                 run.future = asyncio.run_coroutine_threadsafe(coro, self._loop)
             else:
-                self._threads.submit(self._run_sync, spec, row.id, lease, args, kwargs, run)
+                self._threads.submit(self._run_sync, spec, row, lease, args, kwargs, run)
         except RuntimeError:  # the pool or the loop is shut down: the engine is closing
             self._done(run)
             raise EngineClosedError(
@@ -463,23 +522,28 @@ class Engine:
                 "in the next engine"
             ) from None
 
-    def _context(self, workflow_id: str, name: str, lease: Lease) -> WorkflowContext:
+    def _context(self, row: WorkflowRow, lease: Lease, run: _Run) -> WorkflowContext:
         assert self._store is not None
-        journal = self._store.load_steps(workflow_id)
+        journal = self._store.load_steps(row.id)
+        attempts = self._store.load_attempts(row.id)
         # Async steps commit inline on the engine's own loop (it runs only workflows, whose
         # commits serialize on the store anyway), and inline without fsync (durability
         # "normal"): both cost less than a hop to an I/O thread. On a caller's loop
         # (AsyncEngine) a durable commit hops, so the application's loop never waits on fsync.
         hop = self._durability == "full" and self._own_loop_thread is None
-        io = self._io if hop else None
-        return WorkflowContext(
-            workflow_id, name, journal, self._store, lease, self._closing.is_set, io
-        )
+        ctx = WorkflowContext(
+            row.id, row.name, journal, self._store, lease, self._closing.is_set,
+            self._io if hop else None, clock=self.clock, default_retry=self._default_retry,
+            attempts=attempts, deadline_at=row.deadline_at,
+            cancel_requested=row.cancel_requested,
+        )  # fmt: skip
+        run.ctx = ctx
+        return ctx
 
     def _run_sync(
         self,
         spec: WorkflowSpec,
-        workflow_id: str,
+        row: WorkflowRow,
         lease: Lease,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -487,27 +551,20 @@ class Engine:
     ) -> None:
         finished = False
         try:
-            ctx = self._context(workflow_id, spec.name, lease)
-            tokens = _context.activate(ctx)
-            try:
-                outcome = ctx.final_outcome(spec.fn(*args, **kwargs))
-            except Exception as exc:
-                outcome = ctx.failed_outcome(exc)
-            finally:
-                _context.deactivate(tokens)
-            self._finish(workflow_id, lease, outcome)
+            ctx = self._context(row, lease, run)
+            self._finish(row.id, lease, _runner.run_sync(ctx, spec, args, kwargs))
             finished = True
         except WorkflowInterrupted:
             pass
         except BaseException:
-            self._log_crash(workflow_id)
+            self._log_crash(row.id)
         finally:
             self._end(run, lease, finished)
 
     async def _run_async(
         self,
         spec: WorkflowSpec,
-        workflow_id: str,
+        row: WorkflowRow,
         lease: Lease,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -516,24 +573,14 @@ class Engine:
         loop = asyncio.get_running_loop()
         finished = False
         try:
-            ctx = await loop.run_in_executor(self._io, self._context, workflow_id, spec.name, lease)
-            tokens = _context.activate(ctx)
-            try:
-                outcome = ctx.final_outcome(await spec.fn(*args, **kwargs))
-            except Exception as exc:
-                outcome = ctx.failed_outcome(exc)
-            except asyncio.CancelledError as exc:
-                if self._closing.is_set():
-                    raise  # cancelled by close(): resumes in the next engine
-                outcome = ctx.failed_outcome(exc)  # the workflow's own cancellation
-            finally:
-                _context.deactivate(tokens)
-            await loop.run_in_executor(self._io, self._finish, workflow_id, lease, outcome)
+            ctx = await loop.run_in_executor(self._io, self._context, row, lease, run)
+            outcome = await _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
+            await loop.run_in_executor(self._io, self._finish, row.id, lease, outcome)
             finished = True
         except (WorkflowInterrupted, asyncio.CancelledError):
             pass
         except BaseException:
-            self._log_crash(workflow_id)
+            self._log_crash(row.id)
         finally:
             self._end(run, lease, finished)
 

@@ -11,6 +11,15 @@
     ├── WorkflowConflictError         an id reused with another workflow or other inputs
     ├── WorkflowFailedError           a workflow ended in error and its exception cannot be rebuilt
     ├── RecordedStepError             a step failed with an exception that cannot be rebuilt
+    ├── StepError                     a step failed in a way the failure taxonomy names
+    │   ├── TransientError            retry me (per the step's policy)
+    │   │   ├── RateLimitedError      retry me, but not before ``retry_after`` seconds
+    │   │   └── StepTimeoutError      the attempt ran past the step's ``timeout``
+    │   ├── PermanentError            never retry me
+    │   └── StepFailedError           the step's retries are exhausted (raised in the workflow)
+    ├── WorkflowCancelledError        result() of a workflow that was cancelled
+    ├── DeadlineExceededError         the workflow ran past its deadline
+    ├── DeadLetteredError             result() of a workflow given up after too many recoveries
     ├── EngineClosedError             the engine is stopped (or stopping) and takes no new work
     ├── ResultTimeoutError            waiting for a result took longer than the caller allowed
     └── StoreError                    the database failed or holds data perdure cannot read
@@ -139,6 +148,70 @@ class RecordedStepError(PerdureError):
         return (type(self), (self.error_type, self.error_message))
 
 
+class StepError(PerdureError):
+    """Base of the failure taxonomy a step may raise to tell the engine what to do."""
+
+
+class TransientError(StepError):
+    """A failure worth retrying (per the step's retry policy): raise it from a step."""
+
+
+class RateLimitedError(TransientError):
+    """The service asked us to slow down: retried, but not before ``retry_after`` seconds.
+
+    Args:
+        message: what happened.
+        retry_after: seconds to wait at least (a server's Retry-After), or None.
+    """
+
+    def __init__(self, message: str = "rate limited", *, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class StepTimeoutError(TransientError):
+    """A step attempt ran longer than its ``timeout``; its late result is discarded."""
+
+
+class PermanentError(StepError):
+    """A failure that will never succeed on retry (bad input, 4xx): raise it from a step."""
+
+
+class StepFailedError(StepError):
+    """A step failed after its retries: raised in the workflow, which may catch it.
+
+    Attributes:
+        step: the step's name.
+        attempts: how many attempts ran.
+        error_type: the last attempt's exception type (qualified name).
+        error_message: the last attempt's message.
+    """
+
+    def __init__(self, step: str, attempts: int, error_type: str, error_message: str) -> None:
+        self.step = step
+        self.attempts = attempts
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(
+            f"step {step!r} failed after {attempts} attempt(s): {error_type}: {error_message}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.step, self.attempts, self.error_type, self.error_message))
+
+
+class WorkflowCancelledError(PerdureError):
+    """The workflow was cancelled (``engine.cancel``); raised by ``result()``."""
+
+
+class DeadlineExceededError(PerdureError):
+    """The workflow ran past its deadline; it ends in ERROR with this error."""
+
+
+class DeadLetteredError(PerdureError):
+    """The workflow was given up after too many recoveries (a poison workflow)."""
+
+
 class EngineClosedError(PerdureError):
     """The engine is stopped or stopping and takes no new work."""
 
@@ -157,6 +230,14 @@ class StoreUnavailableError(StoreError):
 
 class CorruptRecordError(StoreError):
     """A journal or workflow row exists but cannot be read."""
+
+
+class WorkflowCancelled(BaseException):
+    """Unwinds a workflow whose cancellation was requested, at a step boundary or a wait.
+
+    Derives from ``BaseException`` so ``except Exception`` in workflow code cannot swallow it;
+    the engine then runs the workflow's compensations and marks it CANCELLED.
+    """
 
 
 class WorkflowInterrupted(BaseException):

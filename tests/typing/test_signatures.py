@@ -47,7 +47,8 @@ def test_decorators_keep_signatures(tmp_path: Path) -> None:
     expected = [
         r':20: note: Revealed type is "(builtins\.)?int"',
         r':21: note: Revealed type is "(builtins\.)?str"',
-        r':22: error: Argument 1 to "add" has incompatible type',
+        r':22: error: Argument 1 to "(add|__call__" of "Step)" has incompatible type "str"; '
+        r'expected "int"',
         r':23: error: Missing positional argument "n"',
         r':27: note: Revealed type is "(builtins\.)?str"',
         r':28: note: Revealed type is "(builtins\.)?bytes"',

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 from .._errors import ConfigurationError
 from ._protocol import (
+    AttemptRow,
     Lease,
     OwnershipLost,
     StepRow,
@@ -22,6 +23,7 @@ from ._protocol import (
 )
 
 __all__ = [
+    "AttemptRow",
     "Lease",
     "OwnershipLost",
     "StepRow",

@@ -32,17 +32,21 @@ class WorkflowStatus(StrEnum):
     PENDING: recorded, not running anywhere (never claimed, or released by a stopping engine).
     RUNNING: owned by a worker that runs it (or did, if that worker died: recovery takes it).
     SUCCESS: finished with a result. ERROR: finished with an exception.
+    CANCELLED: stopped by ``engine.cancel`` (its compensations ran).
+    DEAD_LETTER: given up after too many recoveries (a poison workflow); never retried.
     """
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCESS = "SUCCESS"
     ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+    DEAD_LETTER = "DEAD_LETTER"
 
     @property
     def finished(self) -> bool:
-        """True for SUCCESS and ERROR: the workflow will not run again."""
-        return self in (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR)
+        """True once the workflow will not run again (any status but PENDING and RUNNING)."""
+        return self not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING)
 
 
 class StepStatus(StrEnum):
@@ -79,6 +83,8 @@ class WorkflowRow:
     updated_at: float
     recoveries: int = 0
     epoch: int = 1
+    cancel_requested: bool = False
+    deadline_at: float | None = None
 
     @property
     def lease(self) -> Lease | None:
@@ -105,6 +111,24 @@ class StepRow:
     started_at: float
     finished_at: float
     attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """A failed attempt of a step that was (or is being) retried.
+
+    ``retry_at`` is when the next attempt may start (by the engine's clock): after a crash
+    the backoff resumes with the time left.
+    """
+
+    workflow_id: str
+    key: str
+    attempt: int
+    name: str
+    error: str
+    started_at: float
+    failed_at: float
+    retry_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +175,22 @@ class Store(Protocol):
         Raises:
             OwnershipLost: the lease is not current, or the key is taken.
         """
+
+    def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
+        """Record a failed attempt durably, if ``lease`` is the workflow's current lease.
+
+        Raises:
+            OwnershipLost: the lease is not current, or this attempt is already recorded.
+        """
+
+    def load_attempts(self, workflow_id: str) -> list[AttemptRow]:
+        """Every recorded failed attempt of the workflow, by key and attempt."""
+
+    def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
+        """Flag an unfinished workflow for cancellation; return its row (None if unknown)."""
+
+    def cancel_requests(self, worker_id: str) -> list[str]:
+        """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
 
     def finish_workflow(
         self,

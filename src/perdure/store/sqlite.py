@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from .._errors import ConfigurationError, CorruptRecordError, StoreError, StoreUnavailableError
 from ._migrations import load_migrations
 from ._protocol import (
+    AttemptRow,
     Lease,
     OwnershipLost,
     StepRow,
@@ -35,8 +36,10 @@ from ._protocol import (
 T = TypeVar("T")
 
 _WF_COLUMNS = (
-    "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch"
+    "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch, "
+    "cancel_requested, deadline_at"
 )
+_ATTEMPT_COLUMNS = "workflow_id, key, attempt, name, error, started_at, failed_at, retry_at"
 _STEP_COLUMNS = (
     "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts"
 )
@@ -160,7 +163,7 @@ class SQLiteStore:
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
-                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (id) DO NOTHING",
                 _workflow_values(row),
             )
@@ -252,6 +255,69 @@ class SQLiteStore:
                 f"worker {lease.owner} cannot record step {row.key} of workflow "
                 f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
             )
+
+    def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
+        """Record a failed attempt, fenced on the lease (one statement, one fsync)."""
+        params = (
+            row.workflow_id, row.key, row.attempt, row.name, row.error, row.started_at,
+            row.failed_at, row.retry_at, row.workflow_id, lease.owner, lease.epoch,
+        )  # fmt: skip
+        sql = (
+            f"INSERT INTO step_attempts ({_ATTEMPT_COLUMNS}) SELECT ?,?,?,?,?,?,?,? WHERE EXISTS "
+            "(SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?) "
+            "ON CONFLICT DO NOTHING"
+        )
+        if self._run(lambda c: c.execute(sql, params).rowcount) != 1:
+            raise OwnershipLost(
+                f"worker {lease.owner} cannot record attempt {row.attempt} of step {row.key} of "
+                f"workflow {row.workflow_id!r}: it no longer holds the workflow"
+            )
+
+    def load_attempts(self, workflow_id: str) -> list[AttemptRow]:
+        """Every recorded failed attempt of the workflow."""
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM step_attempts WHERE workflow_id = ? "
+                "ORDER BY failed_at, key, attempt",
+                (workflow_id,),
+            ).fetchall()
+        )
+        try:
+            return [
+                AttemptRow(r[0], r[1], int(r[2]), r[3], r[4], float(r[5]), float(r[6]), float(r[7]))
+                for r in rows
+            ]
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecordError(
+                f"an attempt row of workflow {workflow_id!r} cannot be read: {exc}"
+            ) from exc
+
+    def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
+        """Flag an unfinished workflow for cancellation; return its row."""
+
+        def flag(conn: sqlite3.Connection) -> Any:
+            conn.execute(
+                "UPDATE workflows SET cancel_requested = 1, updated_at = ? "
+                f"WHERE id = ? AND {_UNFINISHED}",
+                (time.time(), workflow_id),
+            )
+            return conn.execute(
+                f"SELECT {_WF_COLUMNS} FROM workflows WHERE id = ?", (workflow_id,)
+            ).fetchone()
+
+        found = self._run(flag)
+        return None if found is None else _workflow_row(found)
+
+    def cancel_requests(self, worker_id: str) -> list[str]:
+        """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT id FROM workflows WHERE owner = ? AND cancel_requested = 1 "
+                f"AND {_UNFINISHED}",
+                (worker_id,),
+            ).fetchall()
+        )
+        return [r[0] for r in rows]
 
     # -- ownership -------------------------------------------------------------------------
 
@@ -370,6 +436,8 @@ def _workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
         row.updated_at,
         row.recoveries,
         row.epoch,
+        int(row.cancel_requested),
+        row.deadline_at,
     )
 
 
@@ -387,6 +455,8 @@ def _workflow_row(r: Sequence[Any]) -> WorkflowRow:
             updated_at=float(r[8]),
             recoveries=int(r[9]),
             epoch=int(r[10]),
+            cancel_requested=bool(r[11]),
+            deadline_at=None if r[12] is None else float(r[12]),
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc

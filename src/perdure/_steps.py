@@ -1,0 +1,237 @@
+"""Step calls: replay or run, with durable retries and timeouts; the deterministic helpers.
+
+A step call inside a workflow takes a key, returns the journaled outcome if there is one, and
+otherwise runs attempts until one succeeds or the retry policy gives up. Every failed attempt
+that will be retried is journaled (with when the next may start) before the backoff wait, so
+a crash between attempts keeps the count and resumes the wait with the time left. The final
+outcome is one journal entry. Sync and async calls share every decision (:func:`_plan`); they
+differ only in how the body is called and how they wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime as dt
+import random as _random
+import threading
+import uuid as _uuid
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _serialize
+from ._context import WorkflowContext, _in_step, current
+from ._decorators import StepSpec
+from ._errors import StepFailedError, StepTimeoutError, WorkflowCancelled
+from ._retry import NO_RETRY, decide
+from .store import AttemptRow, StepRow
+
+
+@dataclass
+class _Retry:
+    """Record ``attempt`` and try again once the clock reaches its ``retry_at``."""
+
+    attempt: AttemptRow
+
+
+@dataclass
+class _GiveUp:
+    """Commit ``row`` (the step's final ERROR entry) and raise ``error`` in the workflow."""
+
+    row: StepRow
+    error: BaseException
+
+
+def _plan(
+    ctx: WorkflowContext,
+    key: str,
+    spec: StepSpec,
+    exc: Exception,
+    earlier: list[AttemptRow],
+    started: float,
+) -> _Retry | _GiveUp:
+    """What to do after an attempt raised ``exc``: retry (and when), or give up (with what)."""
+    policy = spec.retry or ctx.default_retry
+    attempt = len(earlier) + 1
+    now = ctx.clock.time()
+    first = earlier[0].started_at if earlier else started
+    decision = decide(policy, exc, attempt, now - first, _random.random())
+    retry_at = now + decision.delay
+    if decision.retry and (ctx.deadline_at is None or retry_at < ctx.deadline_at):
+        error = _serialize.dumps_error(exc)
+        return _Retry(AttemptRow(ctx.workflow_id, key, attempt, spec.name, error, started, now,
+                                 retry_at))  # fmt: skip
+    final: BaseException = exc
+    if attempt > 1:  # retried, then gave up: the workflow sees that the policy is spent
+        type_name, message = _serialize.error_summary(_serialize.dumps_error(exc))
+        final = StepFailedError(spec.name, attempt, type_name, message)
+        final.__cause__ = exc
+    return _GiveUp(ctx.failure_row(key, spec.name, final, started, attempt), final)
+
+
+# -- sync ----------------------------------------------------------------------------------
+
+
+def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """Run (or replay) a sync step call."""
+    ctx = current()
+    if ctx is None:
+        return spec.fn(*args, **kwargs)
+    key = ctx.reserve()
+    row = ctx.lookup(key, spec.name)
+    if row is not None:
+        return ctx.replay(row, spec.return_hint())
+    earlier = ctx.attempts(key)
+    while True:
+        if earlier:
+            ctx.clock.sleep(earlier[-1].retry_at - ctx.clock.time(), ctx.wake)
+        ctx.check_can_start_step()
+        started = ctx.clock.time()
+        token = _in_step.set(True)
+        try:
+            value = _invoke_sync(spec, args, kwargs, ctx.step_timeout(spec))
+        except Exception as exc:
+            plan = _plan(ctx, key, spec, exc, earlier, started)
+            if isinstance(plan, _GiveUp):
+                ctx.commit(plan.row)
+                raise plan.error from exc
+            ctx.commit_attempt(plan.attempt)
+            earlier = [*earlier, plan.attempt]
+            continue
+        finally:
+            _in_step.reset(token)
+        row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+        ctx.commit(row)
+        return ctx.decode(row, spec.return_hint())
+
+
+def _invoke_sync(
+    spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any], timeout: float | None
+) -> Any:
+    """Call the body; with a timeout, on a daemon thread that is abandoned if it overruns."""
+    if timeout is None:
+        return spec.fn(*args, **kwargs)
+    outcome: list[Any] = []
+    context = contextvars.copy_context()
+
+    def attempt() -> None:
+        try:
+            outcome.append((True, context.run(spec.fn, *args, **kwargs)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=attempt, name=f"perdure-step-{spec.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise StepTimeoutError(
+            f"step {spec.name!r} ran longer than its {timeout} s timeout; its thread is left "
+            "behind and whatever it returns later is discarded"
+        )
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+# -- async ---------------------------------------------------------------------------------
+
+
+def call_step_async(
+    spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> Coroutine[Any, Any, Any]:
+    """Take the step's key now (call order) and return the coroutine that runs it."""
+    ctx = current()
+    if ctx is None:
+        return spec.fn(*args, **kwargs)  # type: ignore[no-any-return]
+    return _run_step_async(ctx, ctx.reserve(), spec, args, kwargs)
+
+
+async def _run_step_async(
+    ctx: WorkflowContext,
+    key: str,
+    spec: StepSpec,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+) -> Any:
+    row = ctx.lookup(key, spec.name)
+    if row is not None:
+        return ctx.replay(row, spec.return_hint())
+    earlier = ctx.attempts(key)
+    while True:
+        try:
+            if earlier:
+                await ctx.clock.sleep_async(earlier[-1].retry_at - ctx.clock.time())
+            ctx.check_can_start_step()
+            started = ctx.clock.time()
+            token = _in_step.set(True)
+            try:
+                value = await _invoke_async(spec, args, kwargs, ctx.step_timeout(spec))
+            finally:
+                _in_step.reset(token)
+        except asyncio.CancelledError:
+            if not ctx.cancel_requested:
+                raise
+            _uncancel()  # the workflow's cancellation takes effect here, at this step
+            raise WorkflowCancelled(f"workflow {ctx.workflow_id!r} was cancelled") from None
+        except Exception as exc:
+            plan = _plan(ctx, key, spec, exc, earlier, started)
+            if isinstance(plan, _GiveUp):
+                await ctx.commit_async(plan.row)
+                raise plan.error from exc
+            await ctx.commit_attempt_async(plan.attempt)
+            earlier = [*earlier, plan.attempt]
+            continue
+        row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+        await ctx.commit_async(row)
+        return ctx.decode(row, spec.return_hint())
+
+
+async def _invoke_async(
+    spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any], timeout: float | None
+) -> Any:
+    if timeout is None:
+        return await spec.fn(*args, **kwargs)
+    task = asyncio.ensure_future(spec.fn(*args, **kwargs))
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        raise StepTimeoutError(f"step {spec.name!r} ran longer than its {timeout} s timeout")
+    return task.result()
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+# -- deterministic helpers -----------------------------------------------------------------
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+_NOW = StepSpec("perdure.now", _utc_now, dt.datetime, True, retry=NO_RETRY)
+_RANDOM = StepSpec("perdure.random", _random.random, float, True, retry=NO_RETRY)
+_UUID4 = StepSpec("perdure.uuid4", _uuid.uuid4, _uuid.UUID, True, retry=NO_RETRY)
+
+
+def now() -> dt.datetime:
+    """The current time (UTC, timezone-aware), journaled: replay returns the same instant.
+
+    Outside a workflow it is simply the current time.
+    """
+    return call_step_sync(_NOW, (), {})  # type: ignore[no-any-return]
+
+
+def random() -> float:
+    """A random float in [0, 1), journaled: replay returns the same number."""
+    return call_step_sync(_RANDOM, (), {})  # type: ignore[no-any-return]
+
+
+def uuid4() -> _uuid.UUID:
+    """A random UUID, journaled: replay returns the same UUID."""
+    return call_step_sync(_UUID4, (), {})  # type: ignore[no-any-return]

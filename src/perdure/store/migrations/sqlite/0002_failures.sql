@@ -1,0 +1,19 @@
+-- perdure SQLite schema, version 2: retries, cancellation and deadlines.
+
+ALTER TABLE workflows ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+
+ALTER TABLE workflows ADD COLUMN deadline_at REAL;
+
+-- One row per failed attempt of a step that is (or was) retried: the count and each failure
+-- survive a crash between attempts, and retry_at lets a backoff wait resume with the time left.
+CREATE TABLE step_attempts (
+    workflow_id TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    started_at  REAL NOT NULL,
+    failed_at   REAL NOT NULL,
+    retry_at    REAL NOT NULL,
+    PRIMARY KEY (workflow_id, key, attempt)
+) WITHOUT ROWID;
