@@ -123,7 +123,8 @@ class WorkflowContext:
         self._stopping = stopping
         self._io = io
         self._position = max((row.position for row in journal), default=-1) + 1
-        self._broken: PerdureError | None = None
+        self._broken: NonDeterminismError | None = None
+        self._late: DeadlineExceededError | None = None
         self.replayed = 0
         self.executed = 0
 
@@ -189,14 +190,18 @@ class WorkflowContext:
             return
         if self.cancel_requested:
             raise WorkflowCancelled(f"workflow {self.workflow_id!r} was cancelled")
-        if self._broken is not None:
-            raise self._broken
-        if self.deadline_at is not None and self.clock.time() >= self.deadline_at:
-            when = dt.datetime.fromtimestamp(self.deadline_at, dt.UTC).isoformat()
-            self._broken = DeadlineExceededError(
-                f"workflow {self.workflow_id!r} passed its deadline ({when})"
+        late = self._late is not None
+        if late or (self.deadline_at is not None and self.clock.time() >= self.deadline_at):
+            raise self.deadline_exceeded()
+
+    def deadline_exceeded(self) -> DeadlineExceededError:
+        """The (latched) error of a run past its deadline."""
+        if self._late is None:
+            when = dt.datetime.fromtimestamp(self.deadline_at or 0, dt.UTC).isoformat()
+            self._late = DeadlineExceededError(
+                f"workflow {self.workflow_id!r} ran past its deadline ({when})"
             )
-            raise self._broken
+        return self._late
 
     def request_cancel(self) -> None:
         """Ask this run to stop at its next step boundary or wait (thread-safe)."""
@@ -320,7 +325,7 @@ class WorkflowContext:
     def failed_outcome(self, exc: BaseException) -> tuple[WorkflowStatus, str | None, str | None]:
         """(status, output, error) for a run that raised ``exc``; a non-determinism found
         earlier in the run wins over whatever the code raised after it."""
-        return WorkflowStatus.ERROR, None, _serialize.dumps_error(self._broken or exc)
+        return WorkflowStatus.ERROR, None, _serialize.dumps_error(self._broken or self._late or exc)
 
     def _where(self, key: str, name: str) -> str:
         return f"step {name!r} (position {key} of workflow {self.workflow_id!r})"

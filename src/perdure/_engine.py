@@ -19,13 +19,10 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
-from . import _context, _runner
+from . import _runner
 from ._clock import Clock, SystemClock
-from ._context import WorkflowContext
 from ._decorators import WorkflowSpec, registered, registered_names, spec_of
 from ._errors import (
     ConfigurationError,
@@ -48,8 +45,8 @@ from ._records import (
     validate_workflow_id,
 )
 from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._runs import Run, Runner
 from ._serialize import UnserializableValue, dumps_error
-from ._threads import DaemonPool
 from ._workers import dead_workers, this_worker
 from .store import Lease, Store, WorkflowRow, WorkflowStatus, open_store
 
@@ -57,16 +54,6 @@ log = logging.getLogger("perdure")
 
 R = TypeVar("R")
 Outcome = _runner.Outcome
-
-
-@dataclass
-class _Run:
-    """A workflow running in this engine."""
-
-    workflow_id: str
-    done: threading.Event = field(default_factory=threading.Event)
-    future: Future[Any] | None = None
-    ctx: WorkflowContext | None = None
 
 
 class Engine:
@@ -122,13 +109,11 @@ class Engine:
         self._max_recoveries = max_recoveries
         self.clock: Clock = clock or SystemClock()
         self.worker = this_worker()
-        self._threads = DaemonPool(max_threads, "perdure-workflow")
-        self._io = DaemonPool(1, "perdure-io")
-        self._loop = _loop
-        self._own_loop_thread: threading.Thread | None = None
-        self._runs: dict[str, _Run] = {}
-        self._runs_lock = threading.Lock()
         self._closing = threading.Event()
+        self._runner = Runner(
+            durability=durability, max_threads=max_threads, clock=self.clock, retry=retry,
+            closing=self._closing, give_back=self._give_back, loop=_loop,
+        )  # fmt: skip
         self._store: Store | None = None
         self._maintenance: threading.Thread | None = None
         self._reported: dict[str, float] = {}
@@ -151,8 +136,7 @@ class Engine:
         self._store = open_store(self.url, durability=self._durability)
         try:
             self._store.heartbeat(self.worker, self._lease)
-            if self._loop is None:
-                self._start_loop_thread()
+            self._runner.start(self._store)
             if self._auto_recover:
                 self.recover()
         except BaseException:
@@ -178,19 +162,13 @@ class Engine:
             return
         if self._maintenance is not None:
             self._maintenance.join(timeout=self._grace)
-        self._drain()
+        self._runner.drain(self._grace)
         # Another process may hold the database's write lock: give the release a bounded
         # time and move on (the lease then expires and another worker resumes the work).
         finisher = threading.Thread(target=self._release_all, name="perdure-release", daemon=True)
         finisher.start()
         finisher.join(timeout=max(self._grace, 0.5))
-        if self._own_loop_thread is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._own_loop_thread.join(timeout=1.0)
-            if not self._own_loop_thread.is_alive():
-                self._loop.close()
-        self._threads.shutdown(wait=False)
-        self._io.shutdown(wait=False)
+        self._runner.stop()
 
     def _release_all(self) -> None:
         assert self._store is not None
@@ -201,38 +179,6 @@ class Engine:
         except PerdureError as exc:
             log.warning("perdure: could not release workflows on close: %s", exc)
         self._store.close()
-
-    def _drain(self) -> None:
-        deadline = time.monotonic() + self._grace
-        for run in self._snapshot_runs():
-            run.done.wait(max(0.0, deadline - time.monotonic()))
-        leftover = [run for run in self._snapshot_runs() if not run.done.is_set()]
-        for run in leftover:
-            if run.future is not None:
-                run.future.cancel()  # an async workflow: cancel its task
-        for run in leftover:
-            run.done.wait(0.2)
-            run.done.set()  # waiters stop waiting on an abandoned run: the store says the rest
-
-    def _snapshot_runs(self) -> list[_Run]:
-        with self._runs_lock:
-            return list(self._runs.values())
-
-    def _start_loop_thread(self) -> None:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        loop.set_task_factory(_context.task_factory())
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._own_loop_thread = threading.Thread(target=serve, name="perdure-loop", daemon=True)
-        self._own_loop_thread.start()
-        ready.wait()
-        self._loop = loop
 
     @property
     def store(self) -> Store:
@@ -304,7 +250,7 @@ class Engine:
         )  # fmt: skip
         stored, created = store.create_workflow(row)
         if created:
-            self._launch(spec, stored, args, kwargs)
+            self._runner.launch(spec, stored, args, kwargs)
         elif stored.name != spec.name or stored.inputs != inputs:
             raise WorkflowConflictError(
                 f"workflow id {workflow_id!r} already belongs to a run of {stored.name!r} "
@@ -352,12 +298,10 @@ class Engine:
         return row.status
 
     def _signal_cancel(self, workflow_id: str) -> None:
-        run = self._local_run(workflow_id)
-        if run is None or run.ctx is None or run.ctx.cancel_requested:
-            return
-        run.ctx.request_cancel()
-        if run.future is not None:
-            run.future.cancel()  # an async workflow: cancel what it awaits now
+        self._runner.signal_cancel(workflow_id)
+
+    def _local_run(self, workflow_id: str) -> Run | None:
+        return self._runner.local(workflow_id)
 
     # -- inspecting ------------------------------------------------------------------------
 
@@ -433,10 +377,10 @@ class Engine:
                 args, kwargs = decode_inputs(row.inputs, spec.hints())
             except SerializationError as exc:
                 log.error("perdure: workflow %r cannot read its inputs: %s", row.id, exc)
-                self._finish(row.id, lease, (WorkflowStatus.ERROR, None, dumps_error(exc)))
+                self._runner.finish(row.id, lease, (WorkflowStatus.ERROR, None, dumps_error(exc)))
                 return False
             log.info("perdure: resuming workflow %r (%s)", row.id, row.name)
-            self._launch(spec, row, args, kwargs)
+            self._runner.launch(spec, row, args, kwargs)
             return True
         except BaseException as exc:
             log.warning("perdure: could not resume %r, giving it back: %s", row.id, exc)
@@ -451,7 +395,9 @@ class Engine:
         )
         log.error("perdure: %s", error)
         try:
-            self._finish(row.id, lease, (WorkflowStatus.DEAD_LETTER, None, dumps_error(error)))
+            self._runner.finish(
+                row.id, lease, (WorkflowStatus.DEAD_LETTER, None, dumps_error(error))
+            )
         except WorkflowInterrupted:
             self._give_back(row.id, lease)
 
@@ -495,129 +441,6 @@ class Engine:
                 if self._closing.is_set():
                     return
                 log.warning("perdure: maintenance failed, retrying: %s", exc)
-
-    # -- running ---------------------------------------------------------------------------
-
-    def _launch(
-        self, spec: WorkflowSpec, row: WorkflowRow, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        lease = row.lease
-        assert lease is not None
-        run = _Run(row.id)
-        with self._runs_lock:
-            # A run still here for this id lost its lease (another worker took the workflow,
-            # then this one claimed it back): it is fenced off and finishes on its own.
-            self._runs[row.id] = run
-        try:
-            if spec.is_async:
-                assert self._loop is not None
-                coro = self._run_async(spec, row, lease, args, kwargs, run)
-                run.future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-            else:
-                self._threads.submit(self._run_sync, spec, row, lease, args, kwargs, run)
-        except RuntimeError:  # the pool or the loop is shut down: the engine is closing
-            self._done(run)
-            raise EngineClosedError(
-                f"the engine closed while starting {row.id!r}; it is recorded and resumes "
-                "in the next engine"
-            ) from None
-
-    def _context(self, row: WorkflowRow, lease: Lease, run: _Run) -> WorkflowContext:
-        assert self._store is not None
-        journal = self._store.load_steps(row.id)
-        attempts = self._store.load_attempts(row.id)
-        # Async steps commit inline on the engine's own loop (it runs only workflows, whose
-        # commits serialize on the store anyway), and inline without fsync (durability
-        # "normal"): both cost less than a hop to an I/O thread. On a caller's loop
-        # (AsyncEngine) a durable commit hops, so the application's loop never waits on fsync.
-        hop = self._durability == "full" and self._own_loop_thread is None
-        ctx = WorkflowContext(
-            row.id, row.name, journal, self._store, lease, self._closing.is_set,
-            self._io if hop else None, clock=self.clock, default_retry=self._default_retry,
-            attempts=attempts, deadline_at=row.deadline_at,
-            cancel_requested=row.cancel_requested,
-        )  # fmt: skip
-        run.ctx = ctx
-        return ctx
-
-    def _run_sync(
-        self,
-        spec: WorkflowSpec,
-        row: WorkflowRow,
-        lease: Lease,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        run: _Run,
-    ) -> None:
-        finished = False
-        try:
-            ctx = self._context(row, lease, run)
-            self._finish(row.id, lease, _runner.run_sync(ctx, spec, args, kwargs))
-            finished = True
-        except WorkflowInterrupted:
-            pass
-        except BaseException:
-            self._log_crash(row.id)
-        finally:
-            self._end(run, lease, finished)
-
-    async def _run_async(
-        self,
-        spec: WorkflowSpec,
-        row: WorkflowRow,
-        lease: Lease,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        run: _Run,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        finished = False
-        try:
-            ctx = await loop.run_in_executor(self._io, self._context, row, lease, run)
-            outcome = await _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
-            await loop.run_in_executor(self._io, self._finish, row.id, lease, outcome)
-            finished = True
-        except (WorkflowInterrupted, asyncio.CancelledError):
-            pass
-        except BaseException:
-            self._log_crash(row.id)
-        finally:
-            self._end(run, lease, finished)
-
-    def _finish(self, workflow_id: str, lease: Lease, outcome: Outcome) -> None:
-        status, output, error = outcome
-        assert self._store is not None
-        try:
-            self._store.finish_workflow(workflow_id, lease, status, output, error)
-        except PerdureError as exc:
-            raise WorkflowInterrupted(
-                f"{workflow_id!r} could not record its outcome: {exc}"
-            ) from exc
-
-    def _log_crash(self, workflow_id: str) -> None:
-        if self._closing.is_set():
-            return  # the store went away under a run abandoned at shutdown: resumes later
-        log.exception("perdure: workflow %r stopped on an engine error; it resumes", workflow_id)
-
-    def _end(self, run: _Run, lease: Lease, finished: bool) -> None:
-        """A run ended: if it left its workflow unfinished (interrupted, crashed), give the
-        workflow back so a sweep resumes it, unless the whole engine is releasing."""
-        if not finished and not self._closing.is_set():
-            self._give_back(run.workflow_id, lease)
-        with self._runs_lock:
-            if self._runs.get(run.workflow_id) is run:
-                del self._runs[run.workflow_id]
-        run.done.set()
-
-    def _done(self, run: _Run) -> None:
-        with self._runs_lock:
-            if self._runs.get(run.workflow_id) is run:
-                del self._runs[run.workflow_id]
-        run.done.set()
-
-    def _local_run(self, workflow_id: str) -> _Run | None:
-        with self._runs_lock:
-            return self._runs.get(workflow_id)
 
 
 def _resolve_spec(fn: Callable[..., Any] | str) -> WorkflowSpec:

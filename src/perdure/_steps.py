@@ -58,12 +58,15 @@ def _plan(
     first = earlier[0].started_at if earlier else started
     decision = decide(policy, exc, attempt, now - first, _random.random())
     retry_at = now + decision.delay
-    if decision.retry and (ctx.deadline_at is None or retry_at < ctx.deadline_at):
-        error = _serialize.dumps_error(exc)
-        return _Retry(AttemptRow(ctx.workflow_id, key, attempt, spec.name, error, started, now,
-                                 retry_at))  # fmt: skip
     final: BaseException = exc
-    if attempt > 1:  # retried, then gave up: the workflow sees that the policy is spent
+    if decision.retry:
+        if ctx.deadline_at is None or retry_at < ctx.deadline_at or ctx.compensating:
+            error = _serialize.dumps_error(exc)
+            return _Retry(AttemptRow(ctx.workflow_id, key, attempt, spec.name, error, started,
+                                     now, retry_at))  # fmt: skip
+        final = ctx.deadline_exceeded()  # the next attempt would start past the deadline
+        final.__cause__ = exc
+    elif attempt > 1:  # retried, then gave up: the workflow sees that the policy is spent
         type_name, message = _serialize.error_summary(_serialize.dumps_error(exc))
         final = StepFailedError(spec.name, attempt, type_name, message)
         final.__cause__ = exc

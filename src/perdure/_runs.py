@@ -1,0 +1,271 @@
+"""The engine's runner: where workflow runs execute, and how each run ends.
+
+Sync workflows run on a bounded pool of daemon threads; async ones on an event loop (a
+loop thread the runner owns, or the caller's loop under ``AsyncEngine``). Each run gets a
+context (journal, failed attempts, lease), executes its body (``_runner``), and stores its
+outcome fenced on its lease. A run that ends without storing an outcome gives its workflow
+back so a recovery sweep resumes it. The :class:`~perdure.Engine` owns one runner and is the
+only caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from . import _context, _runner
+from ._clock import Clock
+from ._context import WorkflowContext
+from ._decorators import WorkflowSpec
+from ._errors import EngineClosedError, PerdureError, WorkflowInterrupted
+from ._retry import RetryPolicy
+from ._threads import DaemonPool
+from .store import Lease, Store, WorkflowRow
+
+log = logging.getLogger("perdure")
+
+Outcome = _runner.Outcome
+
+
+@dataclass
+class Run:
+    """A workflow running in this engine."""
+
+    workflow_id: str
+    done: threading.Event = field(default_factory=threading.Event)
+    future: Future[Any] | None = None
+    ctx: WorkflowContext | None = None
+
+
+class Runner:
+    """Executes workflow runs for one engine.
+
+    Args:
+        durability: the store's durability ("full" makes async commits on a caller's loop
+            hop to the I/O thread).
+        max_threads: the cap on concurrently running sync workflows.
+        clock: the engine's clock.
+        retry: the default retry policy.
+        closing: set when the engine stops.
+        give_back: called with (workflow id, lease) for a run that ended without outcome.
+        loop: the caller's event loop (AsyncEngine), or None to start a loop thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        durability: Literal["full", "normal"],
+        max_threads: int,
+        clock: Clock,
+        retry: RetryPolicy,
+        closing: threading.Event,
+        give_back: Callable[[str, Lease], None],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.store: Store | None = None
+        self._durability = durability
+        self._clock = clock
+        self._retry = retry
+        self._closing = closing
+        self._give_back = give_back
+        self._threads = DaemonPool(max_threads, "perdure-workflow")
+        self._io = DaemonPool(1, "perdure-io")
+        self._loop = loop
+        self._loop_thread: threading.Thread | None = None
+        self._runs: dict[str, Run] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, store: Store) -> None:
+        """Start running against ``store`` (and start a loop thread if there is no loop)."""
+        self.store = store
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        loop.set_task_factory(_context.task_factory())
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._loop_thread = threading.Thread(target=serve, name="perdure-loop", daemon=True)
+        self._loop_thread.start()
+        ready.wait()
+        self._loop = loop
+
+    def drain(self, grace: float) -> None:
+        """Give in-flight runs ``grace`` seconds, then cancel async ones; abandon the rest."""
+        deadline = time.monotonic() + grace
+        for run in self._snapshot():
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+        leftover = [run for run in self._snapshot() if not run.done.is_set()]
+        for run in leftover:
+            if run.future is not None:
+                run.future.cancel()  # an async workflow: cancel its task
+        for run in leftover:
+            run.done.wait(0.2)
+            run.done.set()  # waiters stop waiting on an abandoned run: the store says the rest
+
+    def stop(self) -> None:
+        """Stop the loop thread (if this runner owns one) and the pools; never waits long."""
+        if self._loop_thread is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=1.0)
+            if not self._loop_thread.is_alive():
+                self._loop.close()
+        self._threads.shutdown(wait=False)
+        self._io.shutdown(wait=False)
+
+    def _snapshot(self) -> list[Run]:
+        with self._lock:
+            return list(self._runs.values())
+
+    def local(self, workflow_id: str) -> Run | None:
+        """The run of this workflow in this engine, if any."""
+        with self._lock:
+            return self._runs.get(workflow_id)
+
+    def signal_cancel(self, workflow_id: str) -> None:
+        """Make a local run stop at its next step boundary (and cancel its awaited step)."""
+        run = self.local(workflow_id)
+        if run is None or run.ctx is None or run.ctx.cancel_requested:
+            return
+        run.ctx.request_cancel()
+        if run.future is not None:
+            run.future.cancel()  # an async workflow: cancel what it awaits now
+
+    # -- running ---------------------------------------------------------------------------
+
+    def launch(
+        self, spec: WorkflowSpec, row: WorkflowRow, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Run a workflow this engine holds (``row.lease``).
+
+        Raises:
+            EngineClosedError: the engine stopped meanwhile (the workflow stays recorded).
+        """
+        lease = row.lease
+        assert lease is not None
+        run = Run(row.id)
+        with self._lock:
+            # A run still here for this id lost its lease (another worker took the workflow,
+            # then this one claimed it back): it is fenced off and finishes on its own.
+            self._runs[row.id] = run
+        try:
+            if spec.is_async:
+                assert self._loop is not None
+                coro = self._run_async(spec, row, lease, args, kwargs, run)
+                run.future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            else:
+                self._threads.submit(self._run_sync, spec, row, lease, args, kwargs, run)
+        except RuntimeError:  # the pool or the loop is shut down: the engine is closing
+            self._forget(run)
+            raise EngineClosedError(
+                f"the engine closed while starting {row.id!r}; it is recorded and resumes "
+                "in the next engine"
+            ) from None
+
+    def _context(self, row: WorkflowRow, lease: Lease, run: Run) -> WorkflowContext:
+        assert self.store is not None
+        journal = self.store.load_steps(row.id)
+        attempts = self.store.load_attempts(row.id)
+        # Async steps commit inline on the runner's own loop (it runs only workflows, whose
+        # commits serialize on the store anyway), and inline without fsync (durability
+        # "normal"): both cost less than a hop to an I/O thread. On a caller's loop
+        # (AsyncEngine) a durable commit hops, so the application's loop never waits on fsync.
+        hop = self._durability == "full" and self._loop_thread is None
+        ctx = WorkflowContext(
+            row.id, row.name, journal, self.store, lease, self._closing.is_set,
+            self._io if hop else None, clock=self._clock, default_retry=self._retry,
+            attempts=attempts, deadline_at=row.deadline_at,
+            cancel_requested=row.cancel_requested,
+        )  # fmt: skip
+        run.ctx = ctx
+        return ctx
+
+    def _run_sync(
+        self,
+        spec: WorkflowSpec,
+        row: WorkflowRow,
+        lease: Lease,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run: Run,
+    ) -> None:
+        finished = False
+        try:
+            ctx = self._context(row, lease, run)
+            self.finish(row.id, lease, _runner.run_sync(ctx, spec, args, kwargs))
+            finished = True
+        except WorkflowInterrupted:
+            pass
+        except BaseException:
+            self._log_crash(row.id)
+        finally:
+            self._end(run, lease, finished)
+
+    async def _run_async(
+        self,
+        spec: WorkflowSpec,
+        row: WorkflowRow,
+        lease: Lease,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run: Run,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        finished = False
+        try:
+            ctx = await loop.run_in_executor(self._io, self._context, row, lease, run)
+            outcome = await _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
+            await loop.run_in_executor(self._io, self.finish, row.id, lease, outcome)
+            finished = True
+        except (WorkflowInterrupted, asyncio.CancelledError):
+            pass
+        except BaseException:
+            self._log_crash(row.id)
+        finally:
+            self._end(run, lease, finished)
+
+    def finish(self, workflow_id: str, lease: Lease, outcome: Outcome) -> None:
+        """Store a run's outcome, fenced on its lease.
+
+        Raises:
+            WorkflowInterrupted: the outcome could not be stored (the lease is gone, or the
+                store failed); the workflow resumes elsewhere or later.
+        """
+        status, output, error = outcome
+        assert self.store is not None
+        try:
+            self.store.finish_workflow(workflow_id, lease, status, output, error)
+        except PerdureError as exc:
+            raise WorkflowInterrupted(
+                f"{workflow_id!r} could not record its outcome: {exc}"
+            ) from exc
+
+    def _log_crash(self, workflow_id: str) -> None:
+        if self._closing.is_set():
+            return  # the store went away under a run abandoned at shutdown: resumes later
+        log.exception("perdure: workflow %r stopped on an engine error; it resumes", workflow_id)
+
+    def _end(self, run: Run, lease: Lease, finished: bool) -> None:
+        """A run ended: if it left its workflow unfinished (interrupted, crashed), give the
+        workflow back so a sweep resumes it, unless the whole engine is releasing."""
+        if not finished and not self._closing.is_set():
+            self._give_back(run.workflow_id, lease)
+        self._forget(run)
+
+    def _forget(self, run: Run) -> None:
+        with self._lock:
+            if self._runs.get(run.workflow_id) is run:
+                del self._runs[run.workflow_id]
+        run.done.set()
