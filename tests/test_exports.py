@@ -5,6 +5,7 @@ from __future__ import annotations
 import perdure
 
 PUBLIC = {
+    "AttemptInfo",
     "AsyncEngine", "AsyncWorkflowHandle", "ConfigurationError", "CorruptRecordError",
     "DEFAULT_RETRY", "DeadLetteredError", "DeadlineExceededError", "Engine", "EngineClosedError",
     "ErrorInfo", "Failure", "FailureKind", "NO_RETRY", "NonDeterminismError", "PerdureError",

@@ -38,7 +38,7 @@ from ._errors import (
     WorkflowNotFound,
 )
 from ._handle import AsyncWorkflowHandle, WorkflowHandle
-from ._records import ErrorInfo, StepInfo, WorkflowInfo
+from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from ._retry import DEFAULT_RETRY, NO_RETRY, Failure, FailureKind, RetryPolicy, register_classifier
 from ._runner import compensate
 from ._steps import now, random, uuid4
@@ -51,6 +51,7 @@ __all__ = [
     "NO_RETRY",
     "AsyncEngine",
     "AsyncWorkflowHandle",
+    "AttemptInfo",
     "ConfigurationError",
     "CorruptRecordError",
     "DeadLetteredError",

@@ -31,13 +31,14 @@ from decimal import Decimal
 from typing import Any
 
 from ._errors import ConfigurationError, WorkflowNotFound
-from ._records import ErrorInfo, StepInfo, WorkflowInfo
+from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from .store import Store, WorkflowStatus
 
 __all__ = [
     "DEFAULT_LIMIT",
     "error_text",
     "get_workflow",
+    "list_attempts",
     "list_steps",
     "list_workflows",
     "parse_status",
@@ -116,7 +117,25 @@ def list_steps(store: Store, workflow_id: str) -> list[StepInfo]:
     """
     if store.get_workflow(workflow_id) is None:
         raise WorkflowNotFound(workflow_id)
-    return [StepInfo.from_row(row) for row in store.load_steps(workflow_id)]
+    failures: dict[str, list[AttemptInfo]] = {}
+    for attempt in store.load_attempts(workflow_id):
+        failures.setdefault(attempt.key, []).append(AttemptInfo.from_row(attempt))
+    return [
+        StepInfo.from_row(row, tuple(failures.get(row.key, ())))
+        for row in store.load_steps(workflow_id)
+    ]
+
+
+def list_attempts(store: Store, workflow_id: str) -> list[AttemptInfo]:
+    """Every failed attempt of the workflow's steps, oldest first, including those of a
+    step still being retried (which has no journal entry yet).
+
+    Raises:
+        WorkflowNotFound: no such workflow.
+    """
+    if store.get_workflow(workflow_id) is None:
+        raise WorkflowNotFound(workflow_id)
+    return [AttemptInfo.from_row(row) for row in store.load_attempts(workflow_id)]
 
 
 # -- JSON ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
-from . import _runner
+from . import _admin, _runner
 from ._clock import Clock, SystemClock
 from ._decorators import WorkflowSpec, registered, registered_names, spec_of
 from ._errors import (
@@ -37,6 +37,7 @@ from ._errors import (
 )
 from ._handle import WorkflowHandle
 from ._records import (
+    AttemptInfo,
     StepInfo,
     WorkflowInfo,
     bind_inputs,
@@ -311,10 +312,7 @@ class Engine:
         Raises:
             WorkflowNotFound: no such workflow.
         """
-        row = self.store.get_workflow(workflow_id)
-        if row is None:
-            raise WorkflowNotFound(workflow_id)
-        return WorkflowInfo.from_row(row)
+        return _admin.get_workflow(self.store, workflow_id)
 
     def list_workflows(
         self,
@@ -323,17 +321,23 @@ class Engine:
         limit: int = 100,
     ) -> list[WorkflowInfo]:
         """Workflows, newest first, optionally filtered by status and name."""
-        wanted = WorkflowStatus(status) if status is not None else None
-        return [WorkflowInfo.from_row(r) for r in self.store.list_workflows(wanted, name, limit)]
+        return _admin.list_workflows(self.store, status, name, limit)
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
-        """The workflow's journal, by position.
+        """The workflow's journal, by position, each step with its failed attempts.
 
         Raises:
             WorkflowNotFound: no such workflow.
         """
-        self.get_workflow(workflow_id)
-        return [StepInfo.from_row(r) for r in self.store.load_steps(workflow_id)]
+        return _admin.list_steps(self.store, workflow_id)
+
+    def list_attempts(self, workflow_id: str) -> list[AttemptInfo]:
+        """Every failed attempt of the workflow's steps (also of a step still retrying).
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+        """
+        return _admin.list_attempts(self.store, workflow_id)
 
     # -- recovery --------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 from . import _serialize
 from ._decorators import WorkflowSpec
 from ._errors import ConfigurationError, SerializationError
-from .store import StepRow, StepStatus, WorkflowRow, WorkflowStatus
+from .store import AttemptRow, StepRow, StepStatus, WorkflowRow, WorkflowStatus
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,33 @@ class WorkflowInfo:
 
 
 @dataclass(frozen=True)
+class AttemptInfo:
+    """A failed attempt of a step that was retried.
+
+    Attributes:
+        key: the step's replay key; attempt: its number (1 = the first try).
+        name: the step's name; error: what the attempt raised.
+        started_at, failed_at: when it ran (engine clock, UTC).
+        retry_at: when the next attempt was due.
+    """
+
+    key: str
+    attempt: int
+    name: str
+    error: ErrorInfo
+    started_at: dt.datetime
+    failed_at: dt.datetime
+    retry_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: AttemptRow) -> AttemptInfo:
+        """Build from a store row."""
+        error = ErrorInfo.from_text(row.error) or ErrorInfo("unknown", "")
+        return cls(row.key, row.attempt, row.name, error, _utc(row.started_at),
+                   _utc(row.failed_at), _utc(row.retry_at))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class StepInfo:
     """One journal entry: a step's recorded outcome.
 
@@ -95,6 +122,7 @@ class StepInfo:
         error: the recorded exception (ERROR).
         started_at, finished_at: UTC times of the execution that was recorded.
         attempts: how many times the body ran before this outcome was recorded.
+        failures: the failed attempts before the last one (each retried), oldest first.
     """
 
     workflow_id: str
@@ -107,6 +135,7 @@ class StepInfo:
     started_at: dt.datetime
     finished_at: dt.datetime
     attempts: int
+    failures: tuple[AttemptInfo, ...] = ()
 
     @property
     def duration(self) -> dt.timedelta:
@@ -114,9 +143,10 @@ class StepInfo:
         return self.finished_at - self.started_at
 
     @classmethod
-    def from_row(cls, row: StepRow) -> StepInfo:
-        """Build from a store row."""
+    def from_row(cls, row: StepRow, failures: tuple[AttemptInfo, ...] = ()) -> StepInfo:
+        """Build from a store row (and the step's failed attempts)."""
         return cls(
+            failures=failures,
             workflow_id=row.workflow_id,
             position=row.position,
             key=row.key,

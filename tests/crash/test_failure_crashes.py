@@ -73,9 +73,7 @@ def attempt_rows(db: Path, workflow_id: str) -> list[tuple[Any, ...]]:
 
 
 def step_names(db: Path, workflow_id: str) -> list[str]:
-    rows = query(
-        db, "SELECT name FROM steps WHERE workflow_id = ? ORDER BY position", workflow_id
-    )
+    rows = query(db, "SELECT name FROM steps WHERE workflow_id = ? ORDER BY position", workflow_id)
     return [r[0] for r in rows]
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_until
 
 import perdure
+from conftest import wait_until
 from perdure.testing import FakeClock
 
 calls: Counter[str] = Counter()
@@ -423,7 +423,7 @@ def test_compensate_needs_a_step(engine: perdure.Engine, tmp_path: Path) -> None
     def bad() -> None:
         perdure.compensate(print, "not a step")
 
-    with pytest.raises(perdure.ConfigurationError, match="needs a @perdure.step"):
+    with pytest.raises(perdure.ConfigurationError, match=r"needs a @perdure\.step"):
         engine.run(bad, timeout=10)
 
 
