@@ -299,7 +299,7 @@ class WorkflowContext:
         if self._io is None:
             self.commit_attempt(row)
         else:
-            await asyncio.get_running_loop().run_in_executor(self._io, self.commit_attempt, row)
+            await self._hop(self.commit_attempt, row)
 
     async def commit_async(self, row: StepRow) -> None:
         """:meth:`commit` from async code: on the I/O executor, so the event loop never waits
@@ -308,7 +308,23 @@ class WorkflowContext:
         if self._io is None:
             self.commit(row)
         else:
-            await asyncio.get_running_loop().run_in_executor(self._io, self.commit, row)
+            await self._hop(self.commit, row)
+
+    async def _hop(self, write: Callable[[Any], None], row: Any) -> None:
+        """Run a journal write on the I/O executor. A cancellation of the workflow arriving
+        meanwhile waits for the write to land, so that the cancellation takes effect at the
+        next step boundary, the same point a replay reaches (the engine stopping does not
+        wait: the run resumes from whatever the journal holds)."""
+        write_done = asyncio.get_running_loop().run_in_executor(self._io, write, row)
+        try:
+            await asyncio.shield(write_done)
+        except asyncio.CancelledError:
+            if not self.cancel_requested or self._stopping():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await write_done
 
     def final_outcome(self, result: Any) -> tuple[WorkflowStatus, str | None, str | None]:
         """(status, output, error) to store for a run that returned ``result``."""

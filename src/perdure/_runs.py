@@ -106,6 +106,9 @@ class Runner:
         """Give in-flight runs ``grace`` seconds, then cancel async ones; abandon the rest."""
         deadline = time.monotonic() + grace
         for run in self._snapshot():
+            if run.ctx is not None:
+                run.ctx.wake.set()  # a sync run in a backoff wait stops waiting
+        for run in self._snapshot():
             run.done.wait(max(0.0, deadline - time.monotonic()))
         leftover = [run for run in self._snapshot() if not run.done.is_set()]
         for run in leftover:

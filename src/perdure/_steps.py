@@ -18,7 +18,7 @@ import threading
 import uuid as _uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _serialize
 from ._context import WorkflowContext, _in_step, current
@@ -166,18 +166,15 @@ async def _run_step_async(
         try:
             if earlier:
                 await ctx.clock.sleep_async(earlier[-1].retry_at - ctx.clock.time())
-            ctx.check_can_start_step()
-            started = ctx.clock.time()
-            token = _in_step.set(True)
-            try:
-                value = await _invoke_async(spec, args, kwargs, ctx.step_timeout(spec))
-            finally:
-                _in_step.reset(token)
         except asyncio.CancelledError:
-            if not ctx.cancel_requested:
-                raise
-            _uncancel()  # the workflow's cancellation takes effect here, at this step
-            raise WorkflowCancelled(f"workflow {ctx.workflow_id!r} was cancelled") from None
+            _cancelled_here(ctx)
+        ctx.check_can_start_step()
+        started = ctx.clock.time()
+        token = _in_step.set(True)
+        try:
+            value = await _invoke_async(spec, args, kwargs, ctx.step_timeout(spec))
+        except asyncio.CancelledError:
+            _cancelled_here(ctx)
         except Exception as exc:
             plan = _plan(ctx, key, spec, exc, earlier, started)
             if isinstance(plan, _GiveUp):
@@ -186,9 +183,25 @@ async def _run_step_async(
             await ctx.commit_attempt_async(plan.attempt)
             earlier = [*earlier, plan.attempt]
             continue
+        finally:
+            _in_step.reset(token)
         row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
         await ctx.commit_async(row)
         return ctx.decode(row, spec.return_hint())
+
+
+def _cancelled_here(ctx: WorkflowContext) -> NoReturn:
+    """An await of this step was cancelled: if the workflow's cancellation was asked, it
+    takes effect here, at this step (nothing of it is journaled); otherwise (the engine is
+    stopping) the cancellation goes on up.
+
+    Raises:
+        WorkflowCancelled or asyncio.CancelledError, always.
+    """
+    if not ctx.cancel_requested:
+        raise asyncio.CancelledError
+    _uncancel()
+    raise WorkflowCancelled(f"workflow {ctx.workflow_id!r} was cancelled") from None
 
 
 async def _invoke_async(
@@ -197,7 +210,11 @@ async def _invoke_async(
     if timeout is None:
         return await spec.fn(*args, **kwargs)
     task = asyncio.ensure_future(spec.fn(*args, **kwargs))
-    done, _ = await asyncio.wait({task}, timeout=timeout)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except BaseException:
+        task.cancel()  # the workflow was cancelled while waiting: so is the attempt
+        raise
     if not done:
         task.cancel()
         raise StepTimeoutError(f"step {spec.name!r} ran longer than its {timeout} s timeout")
