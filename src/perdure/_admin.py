@@ -7,8 +7,9 @@ database must never start recovering the workflows in it.
 
 Two renderings of recorded values live here too:
 
-* :func:`workflow_to_dict` / :func:`step_to_dict` give JSON-ready dicts (ISO 8601 times, plain
-  JSON values; see :func:`to_jsonable` for how richer types map).
+* :func:`workflow_to_dict` / :func:`step_to_dict` / :func:`attempt_to_dict` /
+  :func:`retrying_to_dict` give JSON-ready dicts (ISO 8601 times, plain JSON values; see
+  :func:`to_jsonable` for how richer types map).
 * :func:`preview` gives a one-line, width-limited, JSON-ish text for tables.
 
 Records decode payloads leniently: a value of a class this process does not know stays the
@@ -26,7 +27,7 @@ import enum
 import json
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -36,6 +37,7 @@ from .store import Store, WorkflowStatus
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "attempt_to_dict",
     "error_text",
     "get_workflow",
     "list_attempts",
@@ -44,6 +46,7 @@ __all__ = [
     "parse_status",
     "preview",
     "preview_call",
+    "retrying_to_dict",
     "step_to_dict",
     "to_jsonable",
     "workflow_to_dict",
@@ -159,10 +162,12 @@ def workflow_to_dict(info: WorkflowInfo) -> dict[str, Any]:
 
 
 def step_to_dict(info: StepInfo) -> dict[str, Any]:
-    """A journal step as JSON-ready data (times as ISO 8601 UTC strings, duration in ms)."""
+    """A journal step as JSON-ready data (times as ISO 8601 UTC strings, duration in ms), with
+    its failed attempts (each retried) under ``failures``, oldest first."""
     return {
         "workflow_id": info.workflow_id,
         "position": info.position,
+        "key": info.key,
         "name": info.name,
         "status": info.status.value,
         "output": to_jsonable(info.output),
@@ -171,6 +176,40 @@ def step_to_dict(info: StepInfo) -> dict[str, Any]:
         "finished_at": info.finished_at.isoformat(),
         "duration_ms": round(info.duration.total_seconds() * 1000, 3),
         "attempts": info.attempts,
+        "failures": [attempt_to_dict(attempt) for attempt in info.failures],
+    }
+
+
+def attempt_to_dict(info: AttemptInfo) -> dict[str, Any]:
+    """A failed attempt as JSON-ready data (times as ISO 8601 UTC strings)."""
+    return {
+        "key": info.key,
+        "attempt": info.attempt,
+        "name": info.name,
+        "error": _error_to_dict(info.error),
+        "started_at": info.started_at.isoformat(),
+        "failed_at": info.failed_at.isoformat(),
+        "retry_at": info.retry_at.isoformat(),
+    }
+
+
+def retrying_to_dict(failures: Sequence[AttemptInfo]) -> dict[str, Any]:
+    """A step waiting for its next attempt (it has no journal entry yet), from its failed
+    attempts (one key, oldest first), as JSON-ready data: ``next_attempt`` is the number of
+    the attempt due at ``retry_at``.
+
+    Raises:
+        ValueError: ``failures`` is empty.
+    """
+    if not failures:
+        raise ValueError("a retrying step has at least one failed attempt")
+    last = failures[-1]
+    return {
+        "key": last.key,
+        "name": last.name,
+        "next_attempt": last.attempt + 1,
+        "retry_at": last.retry_at.isoformat(),
+        "failures": [attempt_to_dict(attempt) for attempt in failures],
     }
 
 

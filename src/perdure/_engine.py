@@ -298,6 +298,24 @@ class Engine:
             self._signal_cancel(workflow_id)
         return row.status
 
+    def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """Run a workflow that ended in ERROR, CANCELLED or DEAD_LETTER again, from its journal:
+        recorded steps replay, the rest runs (after a code fix, say, or for a poison workflow
+        whose cause is gone). A recorded step failure replays as a failure.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+            ConfigurationError: it is running, pending or succeeded.
+        """
+        info = self.get_workflow(workflow_id)
+        if not self.store.reset_workflow(workflow_id):
+            raise ConfigurationError(
+                f"workflow {workflow_id!r} is {info.status}: only ERROR, CANCELLED and "
+                "DEAD_LETTER workflows can be resumed"
+            )
+        self._claim_and_launch(workflow_id)
+        return WorkflowHandle(self, workflow_id)
+
     def _signal_cancel(self, workflow_id: str) -> None:
         self._runner.signal_cancel(workflow_id)
 
@@ -370,7 +388,7 @@ class Engine:
         """Launch a claimed workflow; on any failure give it back. Returns whether launched."""
         lease = row.lease
         assert lease is not None
-        if row.recoveries > self._max_recoveries:
+        if row.stalls > self._max_recoveries:
             self._dead_letter(row, lease)
             return False
         try:
@@ -393,9 +411,10 @@ class Engine:
 
     def _dead_letter(self, row: WorkflowRow, lease: Lease) -> None:
         error = DeadLetteredError(
-            f"workflow {row.id!r} ({row.name}) was taken over {row.recoveries} times after its "
-            f"worker died (limit {self._max_recoveries}): it keeps killing the processes that "
-            "run it, so it is not run again. Its journal is intact: fix the cause and resume it"
+            f"workflow {row.id!r} ({row.name}) was taken over {row.stalls} times in a row after "
+            f"its worker died, without journaling a single step in between (limit "
+            f"{self._max_recoveries}): it keeps killing the processes that run it, so it is not "
+            "run again. Its journal is intact: fix the cause, then engine.resume(id)"
         )
         log.error("perdure: %s", error)
         try:

@@ -82,8 +82,9 @@ class NonDeterminismError(PerdureError):
             )
         super().__init__(
             f"workflow {workflow_id!r}: {what}. The workflow's code changed since this run "
-            "started. Nothing in the journal was changed: deploy the previous code to finish "
-            "this run, or keep both paths in the code for runs started before the change."
+            "started. Nothing in the journal was changed: deploy the previous code (or keep "
+            "both paths in the code for runs started before the change), then "
+            "engine.resume(id) to finish this run."
         )
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -142,9 +142,17 @@ class Runner:
         run = self.local(workflow_id)
         if run is None or run.ctx is None or run.ctx.cancel_requested:
             return
-        run.ctx.request_cancel()
-        if run.future is not None:
-            run.future.cancel()  # an async workflow: cancel what it awaits now
+        ctx = run.ctx
+        ctx.request_cancel()
+        task_future = run.future
+        if task_future is not None and self._loop is not None:
+            # An async workflow: cancel what it awaits now, unless it is compensating (an
+            # undo in flight must finish). Checked on the loop, where compensating is set.
+            def cancel_unless_compensating() -> None:
+                if not ctx.compensating:
+                    task_future.cancel()
+
+            self._loop.call_soon_threadsafe(cancel_unless_compensating)
 
     # -- running ---------------------------------------------------------------------------
 

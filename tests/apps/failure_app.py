@@ -15,7 +15,11 @@ Modes (one workflow each, all registered in every run):
   awaits ``asyncio.sleep(30)``, then one more step (neither may finish once cancelled).
 - ``saga``: books A, B, C (each registers its undo), then raises ``ValueError``; the undo of
   B SIGKILLs its own process on its first execution (``--marker`` remembers that it did).
+- ``cancel-compensating``: an async workflow that books, registers an async undo (1 s long),
+  then raises: the parent cancels it while the undo runs.
 - ``poison``: a step that SIGKILLs its own process every time.
+- ``progress``: three steps, each SIGKILLs its process on its first execution only (marker
+  files beside the ledger): crashes, but with progress in between; never poison.
 
 Without ``--recover`` the run starts the workflow; with it, it only opens an engine (which
 takes over unfinished workflows by itself) and waits. Either way it prints one JSON line,
@@ -178,6 +182,29 @@ def saga_flow() -> str:
     raise ValueError("fail_saga: the trip cannot be completed after booking A, B and C")
 
 
+# -- cancel-compensating: a cancel arrives while an async workflow undoes after a failure ----
+
+
+@perdure.step(name="fail_cc_book")
+async def cc_book() -> str:
+    ledger("book")
+    return "booking"
+
+
+@perdure.step(name="fail_cc_undo")
+async def cc_undo(booking: str) -> None:
+    ledger("undo-start")
+    await asyncio.sleep(1.0)
+    ledger("undo-end")
+
+
+@perdure.workflow(name="fail_cancel_compensating_flow")
+async def cancel_compensating_flow() -> str:
+    booking = await cc_book()
+    perdure.compensate(cc_undo, booking)
+    raise ValueError("fail_cc: failed after booking")
+
+
 # -- poison: kills every process that runs it ------------------------------------------------
 
 
@@ -193,12 +220,32 @@ def poison_flow() -> str:
     return poison()
 
 
+# -- progress: crashes, but each recovery gets further ------------------------------------
+
+
+@perdure.step(name="fail_progress_step")
+def progress_step(n: int) -> int:
+    ledger(f"progress-{n}")
+    marker = Path(f"{ARGS.ledger}.killed-{n}")
+    if not marker.exists():
+        marker.touch()
+        kill_myself()
+    return n
+
+
+@perdure.workflow(name="fail_progress_flow")
+def progress_flow() -> int:
+    return sum(progress_step(n) for n in range(3))
+
+
 STARTERS: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "retry": (retry_flow, ()),
     "cancel-sync": (cancel_sync_flow, (30,)),
     "cancel-async": (cancel_async_flow, ()),
     "saga": (saga_flow, ()),
+    "cancel-compensating": (cancel_compensating_flow, ()),
     "poison": (poison_flow, ()),
+    "progress": (progress_flow, ()),
 }
 
 

@@ -147,12 +147,6 @@ def test_attempt_count_and_backoff_survive_a_sigkill_between_attempts(tmp_path: 
     lines = read_ledger(ledger)
     assert [line.tag for line in lines] == ["attempt"] * 3  # one more attempt, not a new count
     assert [line.pid for line in lines] == [first.pid, first.pid, second.pid]
-    third = lines[2].at
-    # The wait resumed with the time left: attempt 3 started no earlier than the journaled
-    # retry_at, and sooner than a full 3 s wait counted from the new process's start.
-    assert third >= retry_at
-    assert third < recovery_began + 3.0
-    assert attempt_rows(db, "r1") == journaled  # the failures stay in the journal as they were
     with observer(db) as eng:
         [step] = eng.list_steps("r1")
         assert step.name == "fail_flaky_step"
@@ -162,6 +156,12 @@ def test_attempt_count_and_backoff_survive_a_sigkill_between_attempts(tmp_path: 
         assert info.status is perdure.WorkflowStatus.SUCCESS
         assert info.recoveries == 1
         assert eng.handle("r1").result(timeout=5) == 3
+    third = lines[2].at
+    # The wait resumed with the time left: attempt 3 started no earlier than the journaled
+    # retry_at, and sooner than a full 3 s wait counted from the new process's start.
+    assert third >= retry_at
+    assert third < recovery_began + 3.0
+    assert attempt_rows(db, "r1") == journaled  # the failures stay in the journal as they were
 
 
 # -- 2. cancel from another process ----------------------------------------------------------
@@ -219,6 +219,23 @@ def test_cancel_an_async_workflow_from_another_process(tmp_path: Path) -> None:
     assert [s.name for s in steps] == ["fail_acancel_work"] * 3 + ["fail_acancel_undo"]
 
 
+def test_a_cancel_during_compensation_does_not_interrupt_the_undo(tmp_path: Path) -> None:
+    """The workflow failed and is undoing its booking when a cancel arrives from another
+    process: the undo in flight must finish (cancelling it half-way defeats its purpose)
+    and run once; the workflow ends with its own error."""
+    db, ledger = tmp_path / "p.db", tmp_path / "ledger.txt"
+    child = Child(db, ledger, "cc1", "cancel-compensating")
+    wait_until(lambda: "undo-start" in tags(ledger), timeout=20)
+    with observer(db) as eng:
+        eng.cancel("cc1")
+        wait_until(lambda: eng.get_workflow("cc1").status.finished, timeout=10)
+        assert eng.get_workflow("cc1").status is perdure.WorkflowStatus.ERROR
+        with pytest.raises(ValueError, match="failed after booking"):
+            eng.handle("cc1").result(timeout=5)
+    child.outcome()
+    assert tags(ledger) == ["book", "undo-start", "undo-end"]
+
+
 # -- 3. a crash in the middle of compensating resumes the compensations -------------------
 
 
@@ -262,6 +279,19 @@ def test_compensation_resumes_after_a_crash_in_the_middle_of_it(tmp_path: Path) 
 # -- 4. a poison workflow is dead-lettered after N recoveries --------------------------------
 
 
+def test_crashes_with_progress_in_between_are_not_poison(tmp_path: Path) -> None:
+    """Three crashes, each after one more step was journaled: with max_recoveries=2 the
+    workflow still completes, because every takeover found new progress."""
+    db, ledger = tmp_path / "p.db", tmp_path / "ledger.txt"
+    Child(db, ledger, "g1", "progress").died()  # killed in step 0
+    Child(db, ledger, "g1", "progress", "--recover").died()  # step 0 again, killed in step 1
+    Child(db, ledger, "g1", "progress", "--recover").died()  # ... killed in step 2
+    outcome = Child(db, ledger, "g1", "progress", "--recover").outcome()
+    assert outcome == {"result": 3}
+    assert tags(ledger) == ["progress-0", "progress-0", "progress-1", "progress-1",
+                            "progress-2", "progress-2"]  # fmt: skip
+
+
 def test_poison_workflow_is_dead_lettered_after_max_recoveries(tmp_path: Path) -> None:
     db, ledger = tmp_path / "p.db", tmp_path / "ledger.txt"
     Child(db, ledger, "x1", "poison").died()  # the first run
@@ -279,7 +309,6 @@ def test_poison_workflow_is_dead_lettered_after_max_recoveries(tmp_path: Path) -
         info = eng.get_workflow("x1")
         assert info.status is perdure.WorkflowStatus.DEAD_LETTER
         assert info.recoveries == 3
-        assert info.owner is None or info.status.finished
         with pytest.raises(perdure.DeadLetteredError) as caught:
             eng.handle("x1").result(timeout=5)
     message = str(caught.value)

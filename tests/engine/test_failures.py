@@ -453,3 +453,26 @@ def test_retry_policy_rejects_nonsense() -> None:
         perdure.RetryPolicy(max_attempts=0)
     with pytest.raises(perdure.ConfigurationError):
         perdure.step(timeout=0)
+
+
+broken = {"yes": True}
+
+
+@perdure.workflow(name="fail_resumable_flow")
+def resumable_flow() -> str:
+    receipt = book("desk")
+    if broken["yes"]:
+        raise RuntimeError("a bug after the booking")
+    return receipt
+
+
+def test_resume_runs_a_failed_workflow_again_from_its_journal(engine: perdure.Engine) -> None:
+    broken["yes"] = True
+    handle = engine.start(resumable_flow)
+    with pytest.raises(RuntimeError):
+        handle.result(timeout=10)
+    broken["yes"] = False  # the bug is fixed and deployed
+    assert engine.resume(handle.id).result(timeout=10) == "booking-desk"
+    assert ledger == ["book desk"]  # the booking replayed from the journal, not run again
+    with pytest.raises(perdure.ConfigurationError, match="only ERROR, CANCELLED and DEAD_LETTER"):
+        engine.resume(handle.id)

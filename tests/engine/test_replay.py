@@ -150,7 +150,7 @@ def test_changed_code_raises_non_determinism_and_keeps_the_journal(db_url: str) 
     assert (err.workflow_id, err.position, err.recorded, err.current) == (
         "nd", "0", "prepare_v1", "prepare_v2",
     )  # fmt: skip
-    assert "deploy the previous code" in str(err)
+    assert "deploy the previous code" in str(err) and "engine.resume(id)" in str(err)
     assert calls["prepare_v2"] == 0
     assert after == before
     assert status is perdure.WorkflowStatus.ERROR

@@ -11,6 +11,11 @@ The database is ``--db``, else the ``PERDURE_DB`` environment variable, else
 ``show`` only read the store through :mod:`perdure._admin`: they never start an Engine, so
 they never join as a worker or resume anyone's workflows.
 
+``show`` prints the workflow, its journal (a step per row, each failed attempt of a retried
+step on a line under it) and the steps waiting for their next attempt (``Retrying``; ``Not
+retried`` once the workflow ended while they waited). ``show --json`` gives each step its
+``key`` and ``failures``, and lists the waiting steps under ``retrying``.
+
 Exit codes scripts can rely on:
 
 * 0: it worked.
@@ -23,6 +28,7 @@ Errors go to stderr as one line starting with ``perdure:``. Times are shown in U
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import json
 import os
@@ -44,7 +50,7 @@ from .._errors import (
     StoreError,
     WorkflowNotFound,
 )
-from .._records import StepInfo, WorkflowInfo
+from .._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from ..store import Store, WorkflowStatus, open_store
 
 __all__ = [
@@ -63,14 +69,19 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
 
+_PACKAGE = __name__.partition(".")[0]
 _GAP = "  "
 _STEP_PREVIEW = 60  # output preview width when stdout is not a terminal
 _HEADER_PREVIEW = 100  # inputs/result preview width when stdout is not a terminal
-_STATUS_COLORS = {
-    WorkflowStatus.SUCCESS.value: "green",
-    WorkflowStatus.ERROR.value: "red",
-    WorkflowStatus.RUNNING.value: "yellow",
-    WorkflowStatus.PENDING.value: "cyan",
+_ATTEMPT_PREVIEW = 100  # error width of an attempt line when stdout is not a terminal
+_ATTEMPT_MIN_ERROR = 24  # narrower than this, an attempt line drops its retry time instead
+_STATUS_STYLES: dict[str, dict[str, Any]] = {
+    WorkflowStatus.SUCCESS.value: {"fg": "green"},
+    WorkflowStatus.ERROR.value: {"fg": "red"},
+    WorkflowStatus.RUNNING.value: {"fg": "yellow"},
+    WorkflowStatus.PENDING.value: {"fg": "cyan"},
+    WorkflowStatus.CANCELLED.value: {"fg": "yellow"},  # stopped on request: a warning
+    WorkflowStatus.DEAD_LETTER.value: {"fg": "red", "bold": True},  # given up: an error
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -180,6 +191,24 @@ def _time(value: Any, *, short: bool = False, millis: bool = False) -> str:
     return str(text)
 
 
+def _time_on(value: dt.datetime, day: dt.date) -> str:
+    """``value`` with milliseconds, and with its date only when it is not ``day``."""
+    if value.date() == day:
+        return f"{value.strftime('%H:%M:%S')}.{value.microsecond // 1000:03d}"
+    return _time(value, millis=True)
+
+
+def _error_text(error: ErrorInfo, width: int) -> str:
+    """``Type: message`` on one line, cut to ``width``; perdure's own exceptions go by the name
+    they are exported under (``perdure.TransientError``, not ``perdure._errors.…``)."""
+    module, _, name = error.type.rpartition(".")
+    if module.startswith(f"{_PACKAGE}._"):
+        exported = getattr(sys.modules[_PACKAGE], name, None)
+        if isinstance(exported, type) and exported.__module__ == module:
+            error = ErrorInfo(f"{_PACKAGE}.{name}", error.message)
+    return _one_line(_admin.error_text(error, width))
+
+
 def _millis(ms: float) -> str:
     """A duration in milliseconds: two decimals below 10 ms, one above, thousands grouped."""
     return f"{ms:.2f} ms" if ms < 10 else f"{ms:,.1f} ms"
@@ -187,8 +216,8 @@ def _millis(ms: float) -> str:
 
 def _status(text: str) -> str:
     """Color a (padded) status cell; click strips the color when stdout is not a terminal."""
-    color = _STATUS_COLORS.get(text.strip())
-    return click.style(text, fg=color) if color else text
+    style = _STATUS_STYLES.get(text.strip())
+    return click.style(text, **style) if style else text
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -266,10 +295,53 @@ def _workflow_table(infos: Sequence[WorkflowInfo], width: int | None) -> list[st
     return _render_table(cols)
 
 
-def _step_table(steps: Sequence[StepInfo], width: int | None) -> list[str]:
-    """The ``show`` timeline: one row per journal step."""
-    cols = [
-        _Column("#", [str(s.position) for s in steps], right=True),
+def _attempt_line(
+    attempt: AttemptInfo, indent: str, day: dt.date, width: int | None, *, due: bool
+) -> str:
+    """``attempt N failed <time> <Type>: <message> (retried at <time>)``, fit to ``width``
+    (times carry their date only when it is not ``day``). With ``due`` the retry has not
+    happened (yet): ``(retry due at <time>)``. When the error would get fewer than
+    ``_ATTEMPT_MIN_ERROR`` columns, the retry time is left out to make room for it."""
+    head = f"{indent}attempt {attempt.attempt} failed {_time_on(attempt.failed_at, day)} "
+    retry = "retry due at" if due else "retried at"
+    tail = f" ({retry} {_time_on(attempt.retry_at, day)})"
+    if width is None:
+        return head + _error_text(attempt.error, _ATTEMPT_PREVIEW) + tail
+    room = width - len(head) - len(tail)
+    error = _error_text(attempt.error, max(room, _ATTEMPT_PREVIEW))
+    if len(error) > room and room < _ATTEMPT_MIN_ERROR:
+        tail, room = "", width - len(head)
+    return _clip(head + _clip(error, max(room, _ATTEMPT_MIN_ERROR)) + tail, width)
+
+
+def _with_attempts(
+    rows: Sequence[str],
+    failures: Sequence[Sequence[AttemptInfo]],
+    indent: str,
+    day: dt.date,
+    width: int | None,
+    *,
+    pending: bool = False,
+) -> list[str]:
+    """Table ``rows`` (header first), each followed by its failed attempts' lines; with
+    ``pending``, each row's last attempt is still waiting for its retry."""
+    lines = [rows[0]]
+    for row, attempts in zip(rows[1:], failures, strict=True):
+        lines.append(row)
+        for i, attempt in enumerate(attempts):
+            due = pending and i == len(attempts) - 1
+            lines.append(_attempt_line(attempt, indent, day, width, due=due))
+    return lines
+
+
+def _step_table(steps: Sequence[StepInfo], day: dt.date, width: int | None) -> list[str]:
+    """The ``show`` timeline: one row per journal step, then a line per failed attempt of
+    it (times dated only when not on ``day``). The replay key gets a column when some key
+    differs from the position (steps of concurrent branches, or commits out of call order)."""
+    cols = [_Column("#", [str(s.position) for s in steps], right=True)]
+    if any(s.key != str(s.position) for s in steps):
+        cols.append(_Column("key", [s.key for s in steps]))
+    cols += [
         _Column("name", [s.name for s in steps]),
         _Column("status", [s.status.value for s in steps]),
         _Column(
@@ -280,20 +352,55 @@ def _step_table(steps: Sequence[StepInfo], width: int | None) -> list[str]:
         _Column("attempts", [str(s.attempts) for s in steps], right=True),
     ]
     indent = "  "
+    name = next(c for c in cols if c.header == "name")
     if width is not None:
-        cols[1].width = min(cols[1].width, 30)
+        name.width = min(name.width, 30)
         room = width - len(indent) - _total(cols) - len(_GAP)
         preview_width = max(20, room)
     else:
         preview_width = _STEP_PREVIEW
     outcomes = [
-        _admin.error_text(s.error, preview_width)
+        _error_text(s.error, preview_width)
         if s.error is not None
         else _admin.preview(s.output, preview_width)
         for s in steps
     ]
     cols.append(_Column("output / error", outcomes))
-    return _render_table(cols, indent)
+    rows = _render_table(cols, indent)
+    # Attempt lines start under the name column.
+    nested = indent + " " * (_total(cols[: cols.index(name)]) + len(_GAP))
+    return _with_attempts(rows, [s.failures for s in steps], nested, day, width)
+
+
+def _pending_retries(
+    steps: Sequence[StepInfo], attempts: Sequence[AttemptInfo]
+) -> list[list[AttemptInfo]]:
+    """The failed attempts of each step that has no journal entry yet (it waits for its next
+    attempt, or waited when the workflow ended), in the order they first failed."""
+    done = {s.key for s in steps}
+    pending: dict[str, list[AttemptInfo]] = {}
+    for attempt in attempts:
+        if attempt.key not in done:
+            pending.setdefault(attempt.key, []).append(attempt)
+    return list(pending.values())
+
+
+def _retry_table(
+    pending: Sequence[Sequence[AttemptInfo]], day: dt.date, width: int | None
+) -> list[str]:
+    """Steps waiting for their next attempt: one row each, then a line per failed attempt
+    (times dated only when not on ``day``)."""
+    cols = [
+        _Column("key", [a[-1].key for a in pending]),
+        _Column("name", [a[-1].name for a in pending]),
+        _Column("next attempt", [str(a[-1].attempt + 1) for a in pending], right=True),
+        _Column("due (UTC)", [_time(a[-1].retry_at, millis=True) for a in pending]),
+    ]
+    indent = "  "
+    _shrink(cols, "name", 12, None if width is None else width - len(indent))
+    rows = _render_table(cols, indent)
+    nested = indent + " " * (cols[0].width + len(_GAP))
+    return _with_attempts(rows, pending, nested, day, width, pending=True)
 
 
 def _header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
@@ -307,7 +414,7 @@ def _header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
         ("inputs", _admin.preview_call(info.args, info.kwargs, room)),
     ]
     if info.error is not None:
-        rows.append(("error", _admin.error_text(info.error, room)))
+        rows.append(("error", _error_text(info.error, room)))
     elif info.status is WorkflowStatus.SUCCESS:
         rows.append(("result", _admin.preview(info.output, room)))
     rows += [
@@ -375,13 +482,18 @@ def list_command(db: str, status: str | None, name: str | None, limit: int, as_j
 @_db_option
 @_json_option
 def show_command(workflow_id: str, db: str, as_json: bool) -> None:
-    """Show one workflow and its step timeline."""
+    """Show one workflow, its step timeline with every failed attempt, and the steps
+    waiting to be retried."""
     with _opened(db) as store, _reporting_errors():
         info = _admin.get_workflow(store, workflow_id)
+        # Attempts first: a step committed in between then counts as done, not as retrying.
+        attempts = _admin.list_attempts(store, workflow_id)
         steps = _admin.list_steps(store, workflow_id)
+    pending = _pending_retries(steps, attempts)
     if as_json:
         data = _admin.workflow_to_dict(info)
         data["steps"] = [_admin.step_to_dict(step) for step in steps]
+        data["retrying"] = [_admin.retrying_to_dict(failures) for failures in pending]
         _echo_json(data)
         return
     width = _terminal_width()
@@ -390,10 +502,19 @@ def show_command(workflow_id: str, db: str, as_json: bool) -> None:
     click.echo()
     if not steps:
         click.echo("No steps recorded.")
-        return
-    click.echo(f"Steps ({len(steps)}):")
-    for line in _step_table(steps, width):
-        click.echo(line)
+    else:
+        click.echo(f"Steps ({len(steps)}):")
+        for line in _step_table(steps, info.created_at.date(), width):
+            click.echo(line)
+    if pending:
+        click.echo()
+        if info.status.finished:
+            heading = f"Not retried ({len(pending)}), the workflow ended first:"
+        else:
+            heading = f"Retrying ({len(pending)}):"
+        click.echo(heading)
+        for line in _retry_table(pending, info.created_at.date(), width):
+            click.echo(line)
 
 
 @cli.command("demo")

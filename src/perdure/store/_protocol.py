@@ -85,6 +85,7 @@ class WorkflowRow:
     epoch: int = 1
     cancel_requested: bool = False
     deadline_at: float | None = None
+    stalls: int = 0
 
     @property
     def lease(self) -> Lease | None:
@@ -206,6 +207,13 @@ class Store(Protocol):
             OwnershipLost: the lease is not current.
         """
 
+    def reset_workflow(self, workflow_id: str) -> bool:
+        """Make an ERROR, CANCELLED or DEAD_LETTER workflow runnable again: PENDING, no
+        owner, no outcome, no pending cancel, stalls cleared. Its journal is untouched.
+
+        Returns whether it was reset (False: unknown, or not in one of those states).
+        """
+
     def release_workflow(self, workflow_id: str, lease: Lease) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current.
 
@@ -232,7 +240,8 @@ class Store(Protocol):
         when given) and its owner is NULL, is in ``dead_workers``, or has no worker row whose
         ``expires_at`` is still ahead. Claimed rows become RUNNING, owned by ``worker_id``,
         with a new epoch; ``recoveries`` grows by one for rows taken from another worker (not
-        for rows a stopping worker released).
+        for rows a stopping worker released), and ``stalls`` counts such takeovers in a row
+        with no new journal entry since the previous claim (it restarts at 1 on progress).
         """
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:

@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 _WF_COLUMNS = (
     "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch, "
-    "cancel_requested, deadline_at"
+    "cancel_requested, deadline_at, stalls"
 )
 _ATTEMPT_COLUMNS = "workflow_id, key, attempt, name, error, started_at, failed_at, retry_at"
 _STEP_COLUMNS = (
@@ -48,6 +48,7 @@ _CLAIMABLE = (
     f"{_UNFINISHED} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
     "(SELECT id FROM workers WHERE expires_at >= :now))"
 )
+_STEP_COUNT = "SELECT COUNT(*) FROM steps WHERE steps.workflow_id = workflows.id"
 _APPEND_SQL = (
     f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS "
     "(SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?) ON CONFLICT DO NOTHING"
@@ -163,7 +164,7 @@ class SQLiteStore:
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
-                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (id) DO NOTHING",
                 _workflow_values(row),
             )
@@ -219,6 +220,18 @@ class SQLiteStore:
         )
         if cur.rowcount != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
+
+    def reset_workflow(self, workflow_id: str) -> bool:
+        """Make a finished, unsuccessful workflow runnable again (see the protocol)."""
+        cur = self._run(
+            lambda c: c.execute(
+                "UPDATE workflows SET status = 'PENDING', owner = NULL, output = NULL, "
+                "error = NULL, stalls = 0, cancel_requested = 0, updated_at = ? "
+                "WHERE id = ? AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
+                (time.time(), workflow_id),
+            )
+        )
+        return bool(cur.rowcount == 1)
 
     def release_workflow(self, workflow_id: str, lease: Lease) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current."""
@@ -362,7 +375,10 @@ class SQLiteStore:
             only = "AND id = :only"
         sql = (
             "UPDATE workflows SET owner = :me, status = 'RUNNING', updated_at = :now, "
-            "recoveries = recoveries + (owner IS NOT NULL), epoch = epoch + 1 "
+            "recoveries = recoveries + (owner IS NOT NULL), epoch = epoch + 1, "
+            "stalls = CASE WHEN owner IS NULL THEN stalls WHEN "
+            f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls + 1 END, "
+            f"claimed_steps = ({_STEP_COUNT}) "
             f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
             f"AND name IN ({wanted}) {only} ORDER BY created_at LIMIT :limit) "
             f"RETURNING {_WF_COLUMNS}"
@@ -438,6 +454,7 @@ def _workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
         row.epoch,
         int(row.cancel_requested),
         row.deadline_at,
+        row.stalls,
     )
 
 
@@ -457,6 +474,7 @@ def _workflow_row(r: Sequence[Any]) -> WorkflowRow:
             epoch=int(r[10]),
             cancel_requested=bool(r[11]),
             deadline_at=None if r[12] is None else float(r[12]),
+            stalls=int(r[13]),
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc

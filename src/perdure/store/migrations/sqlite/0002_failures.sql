@@ -4,6 +4,12 @@ ALTER TABLE workflows ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
 
 ALTER TABLE workflows ADD COLUMN deadline_at REAL;
 
+-- Takeovers in a row without a new journal entry (a poison workflow keeps them growing), and
+-- the journal length at the last claim, to tell progress from a crash loop.
+ALTER TABLE workflows ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;
+
+ALTER TABLE workflows ADD COLUMN claimed_steps INTEGER NOT NULL DEFAULT 0;
+
 -- One row per failed attempt of a step that is (or was) retried: the count and each failure
 -- survive a crash between attempts, and retry_at lets a backoff wait resume with the time left.
 CREATE TABLE step_attempts (
