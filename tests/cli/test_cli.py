@@ -2,7 +2,9 @@
 
 A module fixture writes a small application (workflows and steps) to a temporary folder and
 runs it with ``perdure.Engine`` in a child process, so the CLI reads a journal written the
-way an application writes it, and does not have the application's classes imported.
+way an application writes it, and does not have the application's classes imported. A second
+database holds the runs that went wrong in other ways: retried steps, cancellation, a step
+waiting for its next attempt, a dead-lettered workflow.
 """
 
 from __future__ import annotations
@@ -23,9 +25,16 @@ FLOWS = textwrap.dedent(
     '''
     """A small application for the CLI tests."""
 
+    import asyncio
     import dataclasses
+    import threading
+    from collections import Counter
 
     import perdure
+
+    calls = Counter()
+    approval_asked = threading.Event()
+    approval_given = threading.Event()
 
 
     @dataclasses.dataclass
@@ -63,6 +72,60 @@ FLOWS = textwrap.dedent(
     def broken_printer() -> None:
         fetch_ticket("bob")
         raise RuntimeError("out of paper")
+
+
+    @perdure.step(retry=perdure.RetryPolicy(max_attempts=3, initial_interval=0, jitter=0))
+    def call_flaky_api(n: int) -> int:
+        calls["call_flaky_api"] += 1
+        if calls["call_flaky_api"] <= 2:
+            raise perdure.TransientError(f"upstream busy (call {calls['call_flaky_api']})")
+        return n * 2
+
+
+    @perdure.workflow(name="cli_test_retried")
+    def retried(n: int) -> int:
+        fetch_ticket("dave")
+        return call_flaky_api(n)
+
+
+    @perdure.step(retry=perdure.RetryPolicy(max_attempts=5, initial_interval=3600, jitter=0))
+    def call_down_api() -> str:
+        raise perdure.TransientError("service unavailable")
+
+
+    @perdure.workflow(name="cli_test_waiting")
+    def waiting() -> str:
+        fetch_ticket("erin")
+        return call_down_api()  # fails, then waits an hour for attempt 2
+
+
+    @perdure.step
+    def ask_approval() -> str:
+        approval_asked.set()
+        approval_given.wait(30)
+        return "approved"
+
+
+    @perdure.workflow(name="cli_test_cancel")
+    def needs_approval() -> str:
+        ask_approval()
+        return fetch_ticket("frank").title  # cancelled before this step
+
+
+    @perdure.step
+    async def search(query: str, delay: float) -> str:
+        await asyncio.sleep(delay)
+        return f"found {query}"
+
+
+    async def research(topic: str, delay: float) -> list:
+        return [await search(topic, delay), await search(topic + " again", 0)]
+
+
+    @perdure.workflow(name="cli_test_branches")
+    async def branches() -> list:
+        # Two tasks: their steps get branch keys (t0/0, t1/0...), committed as they finish.
+        return list(await asyncio.gather(research("slow", 0.2), research("fast", 0)))
     '''
 )
 
@@ -82,6 +145,69 @@ MAKE_DB = textwrap.dedent(
         newest = engine.start(cli_flows.handle_ticket, "carol")
         newest.result(timeout=30)
         print(newest.id)
+    """
+)
+
+
+MAKE_FAILURES_DB = textwrap.dedent(
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import perdure
+    import cli_flows
+
+    url = sys.argv[1]
+
+
+    def wait_for_attempt(engine, workflow_id):
+        deadline = time.monotonic() + 30
+        while not engine.list_attempts(workflow_id):
+            assert time.monotonic() < deadline, f"{workflow_id} never failed an attempt"
+            time.sleep(0.01)
+
+
+    if sys.argv[2:] == ["die"]:
+        # A worker that dies while its step waits to retry, so it never releases the workflow.
+        engine = perdure.Engine(url).open()
+        engine.start(cli_flows.waiting, id="order-dead")
+        wait_for_attempt(engine, "order-dead")
+        os._exit(0)
+
+    subprocess.run([sys.executable, __file__, url, "die"], check=True, timeout=60)
+    # Opening recovers order-dead, whose worker died: over max_recoveries, it is dead-lettered.
+    with perdure.Engine(url, max_recoveries=0, shutdown_grace=0.1) as engine:
+        assert engine.get_workflow("order-dead").status is perdure.WorkflowStatus.DEAD_LETTER
+        assert engine.run(cli_flows.retried, 21, id="order-retried") == 42
+
+        handle = engine.start(cli_flows.needs_approval, id="order-cancelled")
+        assert cli_flows.approval_asked.wait(30)
+        engine.cancel("order-cancelled")
+        cli_flows.approval_given.set()
+        try:
+            handle.result(timeout=30)
+        except perdure.WorkflowCancelledError:
+            pass
+        else:
+            raise AssertionError("order-cancelled was not cancelled")
+
+        abandoned = engine.start(cli_flows.waiting, id="order-abandoned")
+        wait_for_attempt(engine, "order-abandoned")
+        engine.cancel("order-abandoned")  # while it waits to retry
+        try:
+            abandoned.result(timeout=30)
+        except perdure.WorkflowCancelledError:
+            pass
+        else:
+            raise AssertionError("order-abandoned was not cancelled")
+
+        engine.run(cli_flows.branches, id="order-branches")
+
+        engine.start(cli_flows.waiting, id="order-waiting")
+        wait_for_attempt(engine, "order-waiting")
+    # Closing released order-waiting (PENDING): its step still waits for attempt 2.
     """
 )
 
@@ -113,6 +239,23 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Db:
     return Db(folder, url, done.stdout.strip())
 
 
+@pytest.fixture(scope="module")
+def failures_db(db: Db) -> str:
+    """A database (beside ``db``'s, same application) of runs with retries and cancellation."""
+    (db.folder / "make_failures_db.py").write_text(MAKE_FAILURES_DB)
+    url = f"sqlite:///{db.folder / 'failures.db'}"
+    done = subprocess.run(
+        [sys.executable, "make_failures_db.py", url],
+        cwd=db.folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    return url
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PERDURE_DB", "COLUMNS")}
     env.update(extra)
@@ -141,13 +284,31 @@ def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def _step_rows(stdout: str) -> list[list[str]]:
-    """The rows of the step timeline in ``perdure show`` output, split on whitespace."""
+def _section(stdout: str, title: str) -> list[str]:
+    """The lines of a section of ``perdure show`` output (after the line starting with
+    ``title``, up to the next blank line), the table's header first."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Steps ("))
-    header = lines[start + 1].split()
-    assert header[:5] == ["#", "name", "status", "duration", "attempts"]
-    return [line.split() for line in lines[start + 2 :] if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[start + 1 : end]
+
+
+def _step_rows(stdout: str) -> list[list[str]]:
+    """The rows of the step timeline in ``perdure show`` output, split on whitespace (without
+    the key column, and without the lines of failed attempts)."""
+    header, *lines = _section(stdout, "Steps (")
+    columns = header.split()
+    keyed = columns[1] == "key"
+    if keyed:
+        del columns[1]
+    assert columns[:5] == ["#", "name", "status", "duration", "attempts"]
+    rows = [line.split() for line in lines if not line.lstrip().startswith("attempt ")]
+    return [row[:1] + row[2:] for row in rows] if keyed else rows
+
+
+def _attempt_lines(stdout: str, title: str = "Steps (") -> list[str]:
+    """The failed-attempt lines of a section of ``perdure show`` output, stripped."""
+    return [line.strip() for line in _section(stdout, title) if "attempt " in line[:30]]
 
 
 # -- list ----------------------------------------------------------------------------------
@@ -314,6 +475,179 @@ def test_show_json(db: Db) -> None:
         assert step["duration_ms"] >= 0
         started = dt.datetime.fromisoformat(step["started_at"])
         assert started <= dt.datetime.fromisoformat(step["finished_at"])
+
+
+# -- retries, cancellation, dead letters -----------------------------------------------------
+
+
+def test_show_lists_every_failed_attempt(failures_db: str) -> None:
+    done = perdure("show", "order-retried", "--db", failures_db)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert [row[:3] + row[5:6] for row in _step_rows(out)] == [
+        ["0", "fetch_ticket", "SUCCESS", "1"],
+        ["1", "call_flaky_api", "SUCCESS", "3"],  # attempts: two failed, the third worked
+    ]
+    first, second = _attempt_lines(out)
+    assert first.startswith("attempt 1 failed ")
+    assert "perdure.TransientError: upstream busy (call 1) (retried at " in first
+    assert second.startswith("attempt 2 failed ")
+    assert "perdure.TransientError: upstream busy (call 2) (retried at " in second
+    # Each attempt is listed under its step, after its row.
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if "call_flaky_api" in line)
+    assert [line.strip() for line in lines[row + 1 : row + 3]] == [first, second]
+    assert "Retrying" not in out
+    assert "key" not in lines[lines.index("Steps (2):") + 1].split()  # keys are positions
+
+
+def test_show_json_lists_failures(failures_db: str) -> None:
+    done = perdure("show", "order-retried", "--db", failures_db, "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["retrying"] == []
+    fetch, flaky = data["steps"]
+    assert (fetch["key"], fetch["attempts"], fetch["failures"]) == ("0", 1, [])
+    assert (flaky["key"], flaky["name"], flaky["attempts"]) == ("1", "call_flaky_api", 3)
+    failures = flaky["failures"]
+    assert [f["attempt"] for f in failures] == [1, 2]
+    assert [f["error"] for f in failures] == [
+        {"type": "perdure._errors.TransientError", "message": f"upstream busy (call {n})"}
+        for n in (1, 2)
+    ]
+    for failure in failures:
+        assert (failure["key"], failure["name"]) == ("1", "call_flaky_api")
+        started, failed, retry = (
+            dt.datetime.fromisoformat(failure[k]) for k in ("started_at", "failed_at", "retry_at")
+        )
+        assert started.utcoffset() == dt.timedelta(0)
+        assert started <= failed <= retry  # no backoff: the retry was due at once
+    assert failures[1]["failed_at"] <= flaky["started_at"]  # the attempt that worked came last
+
+
+def test_show_step_waiting_to_retry(failures_db: str) -> None:
+    done = perdure("show", "order-waiting", "--db", failures_db)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert [row[1] for row in _step_rows(out)] == ["fetch_ticket"]  # the failing step: none yet
+    assert "Retrying (1):" in out
+    header, row, attempt = _section(out, "Retrying (")
+    assert header.split() == ["key", "name", "next", "attempt", "due", "(UTC)"]
+    assert row.split()[:3] == ["1", "call_down_api", "2"]
+    assert attempt.strip().startswith("attempt 1 failed ")
+    assert "perdure.TransientError: service unavailable (retry due at " in attempt
+
+    data = json.loads(perdure("show", "order-waiting", "--db", failures_db, "--json").stdout)
+    assert [step["name"] for step in data["steps"]] == ["fetch_ticket"]
+    [waiting] = data["retrying"]
+    assert (waiting["key"], waiting["name"], waiting["next_attempt"]) == ("1", "call_down_api", 2)
+    [failure] = waiting["failures"]
+    assert failure["attempt"] == 1
+    assert failure["error"]["message"] == "service unavailable"
+    assert waiting["retry_at"] == failure["retry_at"]
+    # Backoff of an hour, capped by the policy's max_interval (60 s).
+    wait = dt.datetime.fromisoformat(failure["retry_at"]) - dt.datetime.fromisoformat(
+        failure["failed_at"]
+    )
+    assert wait == dt.timedelta(seconds=60)
+
+
+def test_show_retry_cut_short_by_the_end_of_the_workflow(failures_db: str) -> None:
+    # Cancelled, or dead-lettered, while a step waited for its next attempt.
+    for workflow_id, status, error in (
+        ("order-abandoned", "CANCELLED", "perdure.WorkflowCancelledError: "),
+        ("order-dead", "DEAD_LETTER", "perdure.DeadLetteredError: "),
+    ):
+        done = perdure("show", workflow_id, "--db", failures_db)
+        assert done.returncode == 0, done.stderr
+        header = dict(line.split(None, 1) for line in done.stdout.split("\n\n")[0].splitlines())
+        assert header["status"] == status
+        assert header["error"].startswith(error)
+        assert "Retrying" not in done.stdout
+        assert "Not retried (1), the workflow ended first:" in done.stdout
+        [attempt] = _attempt_lines(done.stdout, "Not retried (")
+        assert "service unavailable (retry due at " in attempt
+        data = json.loads(perdure("show", workflow_id, "--db", failures_db, "--json").stdout)
+        assert data["status"] == status
+        assert [r["next_attempt"] for r in data["retrying"]] == [2]
+
+
+def test_show_cancelled_workflow(failures_db: str) -> None:
+    done = perdure("show", "order-cancelled", "--db", failures_db)
+    assert done.returncode == 0, done.stderr
+    assert "status      CANCELLED" in done.stdout
+    assert "perdure.WorkflowCancelledError: workflow 'order-cancelled' was cancelled" in done.stdout
+    # The step in flight finished; the workflow stopped before the next one.
+    assert [row[1:3] for row in _step_rows(done.stdout)] == [["ask_approval", "SUCCESS"]]
+
+
+def test_list_shows_cancelled_and_dead_lettered_workflows(failures_db: str) -> None:
+    done = perdure("list", "--db", failures_db, env=_env(COLUMNS="200"))
+    assert done.returncode == 0, done.stderr
+    status = {row[0]: row[2] for row in (line.split() for line in done.stdout.splitlines()[1:])}
+    assert status == {
+        "order-waiting": "PENDING",
+        "order-branches": "SUCCESS",
+        "order-abandoned": "CANCELLED",
+        "order-cancelled": "CANCELLED",
+        "order-retried": "SUCCESS",
+        "order-dead": "DEAD_LETTER",
+    }
+    for spelling in ("cancelled", "CANCELLED", "Cancelled"):
+        cancelled = perdure("list", "--db", failures_db, "--status", spelling)
+        assert cancelled.returncode == 0, cancelled.stderr
+        ids = [line.split()[0] for line in cancelled.stdout.splitlines()[1:]]
+        assert ids == ["order-abandoned", "order-cancelled"]
+    dead = perdure("list", "--db", failures_db, "--status", "dead_letter", "--json")
+    assert dead.returncode == 0, dead.stderr
+    [item] = json.loads(dead.stdout)
+    assert (item["id"], item["status"], item["recoveries"]) == ("order-dead", "DEAD_LETTER", 1)
+    assert item["error"]["type"] == "perdure._errors.DeadLetteredError"
+
+
+def test_new_statuses_are_colored_like_warnings_and_errors(failures_db: str) -> None:
+    # In process, to see the colors a terminal gets (they are stripped when piped).
+    from click.testing import CliRunner
+
+    from perdure.cli import cli
+
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["list", "--db", failures_db], color=True)
+    assert listed.exit_code == 0, listed.output
+    assert "\x1b[33mCANCELLED" in listed.output  # yellow, like RUNNING
+    assert "\x1b[31m\x1b[1mDEAD_LETTER" in listed.output  # red like ERROR, and bold
+    shown = runner.invoke(cli, ["show", "order-dead", "--db", failures_db], color=True)
+    assert shown.exit_code == 0, shown.output
+    assert "status      \x1b[31m\x1b[1mDEAD_LETTER" in shown.output
+
+
+def test_show_key_column_for_branch_steps(failures_db: str) -> None:
+    done = perdure("show", "order-branches", "--db", failures_db)
+    assert done.returncode == 0, done.stderr
+    header, *lines = _section(done.stdout, "Steps (")
+    assert header.split()[:3] == ["#", "key", "name"]
+    rows = [line.split() for line in lines]
+    assert [row[0] for row in rows] == ["0", "1", "2", "3"]  # commit order
+    keys = [row[1] for row in rows]
+    assert sorted(keys) == ["t0/0", "t0/1", "t1/0", "t1/1"]
+    assert keys.index("t0/0") < keys.index("t0/1")  # a task's steps commit in its own order
+    assert keys.index("t1/0") < keys.index("t1/1")
+    data = json.loads(perdure("show", "order-branches", "--db", failures_db, "--json").stdout)
+    assert [(s["position"], s["key"]) for s in data["steps"]] == list(enumerate(keys))
+
+
+def test_show_with_attempts_fits_the_terminal(failures_db: str) -> None:
+    for workflow_id in ("order-retried", "order-waiting", "order-dead", "order-branches"):
+        for columns in (60, 80, 120):
+            done = perdure("show", workflow_id, "--db", failures_db, env=_env(COLUMNS=str(columns)))
+            assert done.returncode == 0, done.stderr
+            lines = done.stdout.splitlines()
+            attempts = [line for line in lines if line.lstrip().startswith("attempt ")]
+            assert bool(attempts) == (workflow_id != "order-branches")
+            # Below 80 columns only the attempt lines are sure to fit (step rows keep a
+            # 20-column preview of the output).
+            fitted = lines if columns >= 80 else attempts
+            assert all(len(line) <= columns for line in fitted), done.stdout
 
 
 # -- errors and exit codes -----------------------------------------------------------------
