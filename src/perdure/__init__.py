@@ -41,7 +41,21 @@ from ._handle import AsyncWorkflowHandle, WorkflowHandle
 from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from ._retry import DEFAULT_RETRY, NO_RETRY, Failure, FailureKind, RetryPolicy, register_classifier
 from ._runner import compensate
+from ._signals import ApprovalInfo, ApprovalNotPending
 from ._steps import now, random, uuid4
+from ._waits import (
+    Approval,
+    WorkflowSuspended,
+    receive,
+    receive_async,
+    set_event,
+    sleep,
+    sleep_async,
+    sleep_until,
+    sleep_until_async,
+    wait_for_approval,
+    wait_for_approval_async,
+)
 from .store import StepStatus, WorkflowStatus
 
 __version__ = "0.1.0"
@@ -49,6 +63,9 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_RETRY",
     "NO_RETRY",
+    "Approval",
+    "ApprovalInfo",
+    "ApprovalNotPending",
     "AsyncEngine",
     "AsyncWorkflowHandle",
     "AttemptInfo",
@@ -87,13 +104,23 @@ __all__ = [
     "WorkflowInterrupted",
     "WorkflowNotFound",
     "WorkflowStatus",
+    "WorkflowSuspended",
     "__version__",
     "compensate",
     "now",
     "random",
+    "receive",
+    "receive_async",
     "register_classifier",
+    "set_event",
+    "sleep",
+    "sleep_async",
+    "sleep_until",
+    "sleep_until_async",
     "step",
     "uuid4",
+    "wait_for_approval",
+    "wait_for_approval_async",
     "workflow",
     "workflow_id",
 ]

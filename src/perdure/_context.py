@@ -102,6 +102,7 @@ class WorkflowContext:
         attempts: list[AttemptRow] | None = None,
         deadline_at: float | None = None,
         cancel_requested: bool = False,
+        suspend_after: float = 0.5,
     ) -> None:
         self.workflow_id = workflow_id
         self.name = name
@@ -113,6 +114,7 @@ class WorkflowContext:
         self.cancel_requested = cancel_requested
         self.wake = threading.Event()  # interrupts a sync backoff wait (cancel, shutdown)
         self.compensating = False
+        self.suspend_after = suspend_after
         self.compensations: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
         self._attempts: dict[str, list[AttemptRow]] = {}
         for attempt in sorted(attempts or [], key=lambda a: a.attempt):
@@ -284,6 +286,19 @@ class WorkflowContext:
                 "workflow resumes at this step"
             ) from exc
         self.executed += 1
+
+    def consume(self, topic: str, step: StepRow) -> str | None:
+        """Take the next message on ``topic`` and journal it as ``step`` (one transaction);
+        the payload, or None if none is waiting. Fenced like :meth:`commit`."""
+        try:
+            payload = self.store.consume_message(self.workflow_id, topic, step, self.lease)
+        except OwnershipLost as exc:
+            raise WorkflowInterrupted(str(exc)) from None
+        except PerdureError as exc:
+            raise WorkflowInterrupted(f"receiving a message failed ({exc})") from exc
+        if payload is not None:
+            self.executed += 1
+        return payload
 
     def commit_attempt(self, row: AttemptRow) -> None:
         """Journal a failed attempt that will be retried (fenced like :meth:`commit`)."""

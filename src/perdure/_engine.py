@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
-from . import _admin, _runner
+from . import _admin, _runner, _signals
 from ._clock import Clock, SystemClock
 from ._decorators import WorkflowSpec, registered, registered_names, spec_of
 from ._errors import (
@@ -48,6 +48,7 @@ from ._records import (
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._runs import Run, Runner
 from ._serialize import UnserializableValue, dumps_error
+from ._signals import ApprovalInfo
 from ._workers import dead_workers, this_worker
 from .store import Lease, Store, WorkflowRow, WorkflowStatus, open_store
 
@@ -77,8 +78,12 @@ class Engine:
         retry: the retry policy of steps that name none (see ``docs/failures.md``).
         max_recoveries: takeovers after which a workflow that keeps killing its workers is
             dead-lettered (status DEAD_LETTER) instead of being run again.
-        clock: the time source for backoff, retry times and deadlines (tests pass
+        clock: the time source for backoff, retry times, timers and deadlines (tests pass
             ``perdure.testing.FakeClock()``).
+        suspend_after: a wait longer than this (seconds) unloads the workflow: it holds no
+            thread until its timer is due or its message arrives.
+        poll_interval: how often the database is checked for due timers and messages sent
+            from other processes (a send from this engine wakes it at once).
     """
 
     def __init__(
@@ -95,6 +100,8 @@ class Engine:
         retry: RetryPolicy = DEFAULT_RETRY,
         max_recoveries: int = 5,
         clock: Clock | None = None,
+        suspend_after: float = 0.5,
+        poll_interval: float = 0.1,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if heartbeat_interval * 2 > lease_seconds:
@@ -111,10 +118,15 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self.worker = this_worker()
         self._closing = threading.Event()
+        self._poll_interval = poll_interval
+        self._wake = threading.Event()
+        self._waker: threading.Thread | None = None
         self._runner = Runner(
             durability=durability, max_threads=max_threads, clock=self.clock, retry=retry,
             closing=self._closing, give_back=self._give_back, loop=_loop,
+            suspend_after=suspend_after,
         )  # fmt: skip
+        self._runner.on_suspend = self._wake.set
         self._store: Store | None = None
         self._maintenance: threading.Thread | None = None
         self._reported: dict[str, float] = {}
@@ -147,6 +159,8 @@ class Engine:
             target=self._maintain, name="perdure-maintenance", daemon=True
         )
         self._maintenance.start()
+        self._waker = threading.Thread(target=self._wake_loop, name="perdure-waker", daemon=True)
+        self._waker.start()
         return self
 
     def close(self) -> None:
@@ -161,8 +175,10 @@ class Engine:
         self._closing.set()
         if self._store is None:
             return
-        if self._maintenance is not None:
-            self._maintenance.join(timeout=self._grace)
+        self._wake.set()
+        for thread in (self._maintenance, self._waker):
+            if thread is not None:
+                thread.join(timeout=self._grace)
         self._runner.drain(self._grace)
         # Another process may hold the database's write lock: give the release a bounded
         # time and move on (the lease then expires and another worker resumes the work).
@@ -318,6 +334,89 @@ class Engine:
 
     def _signal_cancel(self, workflow_id: str) -> None:
         self._runner.signal_cancel(workflow_id)
+        self._wake.set()  # a WAITING workflow is claimed to run its cancellation
+
+    # -- messages, events, approvals -------------------------------------------------------
+
+    def send(
+        self, workflow_id: str, topic: str, payload: Any, idempotency_key: str | None = None
+    ) -> bool:
+        """Send a message to a workflow, from anywhere (another process included).
+
+        Delivered exactly once, in send order per topic, to ``perdure.receive(topic)``; kept
+        until the workflow receives it.
+
+        Args:
+            workflow_id: the receiving workflow.
+            topic: the topic it receives on.
+            payload: any journal-serializable value but None.
+            idempotency_key: a resend with the same key (same workflow and topic) is a no-op.
+
+        Returns:
+            False if the idempotency key was used before (nothing sent), else True.
+
+        Raises:
+            WorkflowNotFound: no such workflow. SerializationError: the payload cannot be
+            journaled. ConfigurationError: the payload is None.
+        """
+        sent = _signals.send(self.store, workflow_id, topic, payload, idempotency_key)
+        self._wake.set()
+        return sent
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None = None) -> Any:
+        """The latest value the workflow published under ``key`` (``perdure.set_event``),
+        waiting up to ``timeout`` seconds for it to appear; None if it has not.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+        """
+        return _signals.get_event(self.store, workflow_id, key, timeout)
+
+    def approve(
+        self, workflow_id: str, name: str, by: str | None = None, comment: str | None = None
+    ) -> None:
+        """Approve a workflow's pending ``wait_for_approval(name)``; it resumes.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+            ApprovalNotPending: nothing of that name waits for a decision.
+        """
+        _signals.decide(self.store, workflow_id, name, True, by, comment)
+        self._wake.set()
+
+    def reject(
+        self, workflow_id: str, name: str, by: str | None = None, comment: str | None = None
+    ) -> None:
+        """Reject a workflow's pending approval (see :meth:`approve`)."""
+        _signals.decide(self.store, workflow_id, name, False, by, comment)
+        self._wake.set()
+
+    def pending_approvals(self, limit: int = 100) -> list[ApprovalInfo]:
+        """Approval requests waiting for a human, oldest first, with their details."""
+        return _signals.list_approvals(self.store, pending_only=True, limit=limit)
+
+    def _wake_loop(self) -> None:
+        """Resume WAITING workflows whose timer is due, whose message came, or that were
+        cancelled: at once when this engine sent the message, else every poll interval."""
+        while not self._closing.is_set():
+            try:
+                names = registered_names()
+                now = self.clock.time()
+                for row in self.store.claim_ready(self.worker.id, names, now, 500):
+                    self._resume(row)
+                due = self.store.next_wake(names)
+            except EngineClosedError:
+                return
+            except BaseException as exc:  # the waker must outlive any one failure
+                if self._closing.is_set():
+                    return
+                log.warning("perdure: waking waiting workflows failed, retrying: %s", exc)
+                due = None
+            wait = self._poll_interval
+            if due is not None:
+                wait = min(wait, max(0.0, due - self.clock.time()))
+            self._wake.wait(wait)
+            self._wake.clear()
 
     def _local_run(self, workflow_id: str) -> Run | None:
         return self._runner.local(workflow_id)

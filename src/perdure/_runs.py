@@ -26,6 +26,7 @@ from ._decorators import WorkflowSpec
 from ._errors import EngineClosedError, PerdureError, WorkflowInterrupted
 from ._retry import RetryPolicy
 from ._threads import DaemonPool
+from ._waits import WorkflowSuspended
 from .store import Lease, Store, WorkflowRow
 
 log = logging.getLogger("perdure")
@@ -67,6 +68,7 @@ class Runner:
         closing: threading.Event,
         give_back: Callable[[str, Lease], None],
         loop: asyncio.AbstractEventLoop | None,
+        suspend_after: float = 0.5,
     ) -> None:
         self.store: Store | None = None
         self._durability = durability
@@ -74,12 +76,14 @@ class Runner:
         self._retry = retry
         self._closing = closing
         self._give_back = give_back
+        self._suspend_after = suspend_after
         self._threads = DaemonPool(max_threads, "perdure-workflow")
         self._io = DaemonPool(1, "perdure-io")
         self._loop = loop
         self._loop_thread: threading.Thread | None = None
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
+        self.on_suspend: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -198,7 +202,7 @@ class Runner:
             row.id, row.name, journal, self.store, lease, self._closing.is_set,
             self._io if hop else None, clock=self._clock, default_retry=self._retry,
             attempts=attempts, deadline_at=row.deadline_at,
-            cancel_requested=row.cancel_requested,
+            cancel_requested=row.cancel_requested, suspend_after=self._suspend_after,
         )  # fmt: skip
         run.ctx = ctx
         return ctx
@@ -217,6 +221,8 @@ class Runner:
             ctx = self._context(row, lease, run)
             self.finish(row.id, lease, _runner.run_sync(ctx, spec, args, kwargs))
             finished = True
+        except WorkflowSuspended as wait:
+            finished = self._suspend(row.id, lease, wait)
         except WorkflowInterrupted:
             pass
         except BaseException:
@@ -237,7 +243,11 @@ class Runner:
         finished = False
         try:
             ctx = await loop.run_in_executor(self._io, self._context, row, lease, run)
-            outcome = await _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
+            try:
+                outcome = await _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
+            except WorkflowSuspended as wait:
+                finished = await loop.run_in_executor(self._io, self._suspend, row.id, lease, wait)
+                return
             await loop.run_in_executor(self._io, self.finish, row.id, lease, outcome)
             finished = True
         except (WorkflowInterrupted, asyncio.CancelledError):
@@ -262,6 +272,18 @@ class Runner:
             raise WorkflowInterrupted(
                 f"{workflow_id!r} could not record its outcome: {exc}"
             ) from exc
+
+    def _suspend(self, workflow_id: str, lease: Lease, wait: WorkflowSuspended) -> bool:
+        """Unload a waiting run: WAITING, no owner; returns whether it was stored."""
+        assert self.store is not None
+        try:
+            self.store.suspend_workflow(workflow_id, lease, wait.wake_at, wait.topic)
+        except PerdureError as exc:
+            log.warning("perdure: could not suspend %r (%s); it resumes", workflow_id, exc)
+            return False
+        if self.on_suspend is not None:
+            self.on_suspend()
+        return True
 
     def _log_crash(self, workflow_id: str) -> None:
         if self._closing.is_set():

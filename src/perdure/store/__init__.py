@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 from .._errors import ConfigurationError
 from ._protocol import (
+    ApprovalRow,
     AttemptRow,
     Lease,
     OwnershipLost,
@@ -20,9 +21,11 @@ from ._protocol import (
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
+    approval_topic,
 )
 
 __all__ = [
+    "ApprovalRow",
     "AttemptRow",
     "Lease",
     "OwnershipLost",
@@ -32,6 +35,7 @@ __all__ = [
     "WorkerRow",
     "WorkflowRow",
     "WorkflowStatus",
+    "approval_topic",
     "open_store",
 ]
 

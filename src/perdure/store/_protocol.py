@@ -31,6 +31,7 @@ class WorkflowStatus(StrEnum):
 
     PENDING: recorded, not running anywhere (never claimed, or released by a stopping engine).
     RUNNING: owned by a worker that runs it (or did, if that worker died: recovery takes it).
+    WAITING: suspended on a timer, a message or an approval; no worker holds it.
     SUCCESS: finished with a result. ERROR: finished with an exception.
     CANCELLED: stopped by ``engine.cancel`` (its compensations ran).
     DEAD_LETTER: given up after too many recoveries (a poison workflow); never retried.
@@ -38,6 +39,7 @@ class WorkflowStatus(StrEnum):
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    WAITING = "WAITING"
     SUCCESS = "SUCCESS"
     ERROR = "ERROR"
     CANCELLED = "CANCELLED"
@@ -45,8 +47,8 @@ class WorkflowStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        """True once the workflow will not run again (any status but PENDING and RUNNING)."""
-        return self not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING)
+        """True once the workflow will not run again (not PENDING, RUNNING or WAITING)."""
+        return self not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.WAITING)
 
 
 class StepStatus(StrEnum):
@@ -54,6 +56,11 @@ class StepStatus(StrEnum):
 
     SUCCESS = "SUCCESS"
     ERROR = "ERROR"
+
+
+def approval_topic(name: str) -> str:
+    """The message topic an approval's decision is delivered on."""
+    return f"perdure.approval:{name}"
 
 
 class OwnershipLost(StoreError):
@@ -86,6 +93,8 @@ class WorkflowRow:
     cancel_requested: bool = False
     deadline_at: float | None = None
     stalls: int = 0
+    wake_at: float | None = None
+    wait_topic: str | None = None
 
     @property
     def lease(self) -> Lease | None:
@@ -130,6 +139,21 @@ class AttemptRow:
     started_at: float
     failed_at: float
     retry_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRow:
+    """A request for a human decision made by a workflow (``details`` is journal JSON)."""
+
+    workflow_id: str
+    name: str
+    details: str
+    status: str  # PENDING, APPROVED, REJECTED, TIMED_OUT
+    requested_at: float
+    decided_at: float | None = None
+    decided_by: str | None = None
+    comment: str | None = None
+    workflow_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +210,68 @@ class Store(Protocol):
 
     def load_attempts(self, workflow_id: str) -> list[AttemptRow]:
         """Every recorded failed attempt of the workflow, by key and attempt."""
+
+    def suspend_workflow(
+        self, workflow_id: str, lease: Lease, wake_at: float | None, topic: str | None
+    ) -> None:
+        """Unload a waiting workflow: WAITING, no owner, until ``wake_at`` (engine clock) or a
+        message on ``topic``, if ``lease`` is current.
+
+        Raises:
+            OwnershipLost: the lease is not current.
+        """
+
+    def claim_ready(
+        self, worker_id: str, names: Collection[str], now: float, limit: int
+    ) -> list[WorkflowRow]:
+        """Take WAITING workflows that can go on: timer due (``wake_at <= now``), a message
+        on their topic, or a cancellation asked. They become RUNNING under a new lease."""
+
+    def next_wake(self, names: Collection[str]) -> float | None:
+        """The earliest ``wake_at`` among WAITING workflows of these names (None if none)."""
+
+    def send_message(
+        self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
+    ) -> bool:
+        """Queue a message for a workflow; False if that idempotency key was sent before."""
+
+    def consume_message(
+        self, workflow_id: str, topic: str, step: StepRow, lease: Lease
+    ) -> str | None:
+        """Atomically take the oldest unconsumed message on ``topic`` and journal it as
+        ``step`` (its ``output`` replaced by the payload), fenced on ``lease``; return the
+        payload. None (and nothing written) when no message is waiting.
+
+        Raises:
+            OwnershipLost: the lease is not current.
+        """
+
+    def set_event(self, workflow_id: str, key: str, value: str) -> None:
+        """Publish (or replace) a workflow's event value."""
+
+    def get_event(self, workflow_id: str, key: str) -> str | None:
+        """A workflow's event value, or None."""
+
+    def request_approval(self, row: ApprovalRow) -> None:
+        """Record a pending approval (a no-op if it is already recorded)."""
+
+    def decide_approval(
+        self,
+        workflow_id: str,
+        name: str,
+        status: str,
+        by: str | None,
+        comment: str | None,
+        message: str,
+    ) -> bool:
+        """Decide a PENDING approval and queue ``message`` to the workflow on the approval's
+        topic, in one transaction; False if there is no pending approval of that name."""
+
+    def close_approval(self, workflow_id: str, name: str, status: str) -> None:
+        """Mark a pending approval as ended without a decision (e.g. TIMED_OUT)."""
+
+    def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
+        """Approvals, oldest first (only PENDING ones when ``pending_only``)."""
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
         """Flag an unfinished workflow for cancellation; return its row (None if unknown)."""

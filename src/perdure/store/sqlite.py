@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from .._errors import ConfigurationError, CorruptRecordError, StoreError, StoreUnavailableError
 from ._migrations import load_migrations
 from ._protocol import (
+    ApprovalRow,
     AttemptRow,
     Lease,
     OwnershipLost,
@@ -31,21 +32,27 @@ from ._protocol import (
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
+    approval_topic,
 )
 
 T = TypeVar("T")
 
 _WF_COLUMNS = (
     "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch, "
-    "cancel_requested, deadline_at, stalls"
+    "cancel_requested, deadline_at, stalls, wake_at, wait_topic"
+)
+_APPROVAL_COLUMNS = (
+    "approvals.workflow_id, approvals.name, details, approvals.status, requested_at, "
+    "decided_at, decided_by, comment, workflows.name"
 )
 _ATTEMPT_COLUMNS = "workflow_id, key, attempt, name, error, started_at, failed_at, retry_at"
 _STEP_COLUMNS = (
     "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts"
 )
-_UNFINISHED = "status IN ('PENDING', 'RUNNING')"
+_UNFINISHED = "status IN ('PENDING', 'RUNNING', 'WAITING')"
+_RUNNABLE = "status IN ('PENDING', 'RUNNING')"
 _CLAIMABLE = (
-    f"{_UNFINISHED} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
+    f"{_RUNNABLE} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
     "(SELECT id FROM workers WHERE expires_at >= :now))"
 )
 _STEP_COUNT = "SELECT COUNT(*) FROM steps WHERE steps.workflow_id = workflows.id"
@@ -164,7 +171,7 @@ class SQLiteStore:
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
-                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (id) DO NOTHING",
                 _workflow_values(row),
             )
@@ -304,6 +311,191 @@ class SQLiteStore:
             raise CorruptRecordError(
                 f"an attempt row of workflow {workflow_id!r} cannot be read: {exc}"
             ) from exc
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def suspend_workflow(
+        self, workflow_id: str, lease: Lease, wake_at: float | None, topic: str | None
+    ) -> None:
+        """Unload a waiting workflow (WAITING, no owner), fenced on the lease."""
+        cur = self._run(
+            lambda c: c.execute(
+                "UPDATE workflows SET status = 'WAITING', owner = NULL, wake_at = ?, "
+                "wait_topic = ?, updated_at = ? WHERE id = ? AND owner = ? AND epoch = ? "
+                f"AND {_RUNNABLE}",
+                (wake_at, topic, time.time(), workflow_id, lease.owner, lease.epoch),
+            )
+        )
+        if cur.rowcount != 1:
+            raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
+
+    def claim_ready(
+        self, worker_id: str, names: Collection[str], now: float, limit: int
+    ) -> list[WorkflowRow]:
+        """Take WAITING workflows whose timer is due, whose message came, or that were
+        cancelled."""
+        if not names:
+            return []
+        params: dict[str, Any] = {"me": worker_id, "now": now, "limit": limit}
+        wanted = _named_list(params, "name", names)
+        sql = (
+            "UPDATE workflows SET owner = :me, status = 'RUNNING', epoch = epoch + 1, "
+            "wake_at = NULL, wait_topic = NULL, updated_at = :now WHERE id IN (SELECT id FROM "
+            f"workflows w WHERE status = 'WAITING' AND name IN ({wanted}) AND (wake_at <= :now "
+            "OR cancel_requested = 1 OR EXISTS (SELECT 1 FROM messages m WHERE "
+            "m.workflow_id = w.id AND m.topic = w.wait_topic AND m.consumed_by IS NULL)) "
+            f"LIMIT :limit) RETURNING {_WF_COLUMNS}"
+        )
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
+            with self._transaction(conn):
+                return conn.execute(sql, params).fetchall()
+
+        return [_workflow_row(r) for r in self._run(claim)]
+
+    def next_wake(self, names: Collection[str]) -> float | None:
+        """The earliest timer among WAITING workflows of these names."""
+        if not names:
+            return None
+        params: dict[str, Any] = {}
+        wanted = _named_list(params, "name", names)
+        found = self._run(
+            lambda c: c.execute(
+                "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
+                f"name IN ({wanted})",
+                params,
+            ).fetchone()
+        )
+        return None if found is None or found[0] is None else float(found[0])
+
+    def send_message(
+        self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
+    ) -> bool:
+        """Queue a message; False if its idempotency key was used before."""
+        cur = self._run(
+            lambda c: c.execute(
+                "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, sent_at) "
+                "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (workflow_id, topic, payload, idempotency_key, time.time()),
+            )
+        )
+        return bool(cur.rowcount == 1)
+
+    def consume_message(
+        self, workflow_id: str, topic: str, step: StepRow, lease: Lease
+    ) -> str | None:
+        """Take the oldest message on ``topic`` and journal it as ``step``, atomically."""
+
+        def consume(conn: sqlite3.Connection) -> str | None:
+            with self._transaction(conn):
+                owned = conn.execute(
+                    "SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?",
+                    (workflow_id, lease.owner, lease.epoch),
+                ).fetchone()
+                if owned is None:
+                    raise OwnershipLost(
+                        f"worker {lease.owner} no longer holds workflow {workflow_id!r}"
+                    )
+                found = conn.execute(
+                    "SELECT seq, payload FROM messages WHERE workflow_id = ? AND topic = ? "
+                    "AND consumed_by IS NULL ORDER BY seq LIMIT 1",
+                    (workflow_id, topic),
+                ).fetchone()
+                if found is None:
+                    return None
+                conn.execute(
+                    "UPDATE messages SET consumed_by = ? WHERE seq = ?", (step.key, found[0])
+                )
+                conn.execute(
+                    f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (step.workflow_id, step.position, step.key, step.name, step.status.value,
+                     found[1], None, step.started_at, step.finished_at, step.attempts),
+                )  # fmt: skip
+                return str(found[1])
+
+        return self._run(consume)
+
+    def set_event(self, workflow_id: str, key: str, value: str) -> None:
+        """Publish (or replace) a workflow's event value."""
+        self._run(
+            lambda c: c.execute(
+                "INSERT INTO events (workflow_id, key, value, updated_at) VALUES (?,?,?,?) "
+                "ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (workflow_id, key, value, time.time()),
+            )
+        )
+
+    def get_event(self, workflow_id: str, key: str) -> str | None:
+        """A workflow's event value, or None."""
+        found = self._run(
+            lambda c: c.execute(
+                "SELECT value FROM events WHERE workflow_id = ? AND key = ?", (workflow_id, key)
+            ).fetchone()
+        )
+        return None if found is None else str(found[0])
+
+    def request_approval(self, row: ApprovalRow) -> None:
+        """Record a pending approval (a no-op if already recorded)."""
+        self._run(
+            lambda c: c.execute(
+                "INSERT INTO approvals (workflow_id, name, details, status, requested_at) "
+                "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (row.workflow_id, row.name, row.details, "PENDING", row.requested_at),
+            )
+        )
+
+    def decide_approval(
+        self,
+        workflow_id: str,
+        name: str,
+        status: str,
+        by: str | None,
+        comment: str | None,
+        message: str,
+    ) -> bool:
+        """Decide a pending approval and queue the decision message, in one transaction."""
+
+        def decide(conn: sqlite3.Connection) -> bool:
+            with self._transaction(conn):
+                now = time.time()
+                cur = conn.execute(
+                    "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, "
+                    "comment = ? WHERE workflow_id = ? AND name = ? AND status = 'PENDING'",
+                    (status, now, by, comment, workflow_id, name),
+                )
+                if cur.rowcount != 1:
+                    return False
+                conn.execute(
+                    "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, "
+                    "sent_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    (workflow_id, approval_topic(name), message, "decision", now),
+                )
+                return True
+
+        return self._run(decide)
+
+    def close_approval(self, workflow_id: str, name: str, status: str) -> None:
+        """Mark a pending approval as ended without a decision."""
+        self._run(
+            lambda c: c.execute(
+                "UPDATE approvals SET status = ?, decided_at = ? WHERE workflow_id = ? "
+                "AND name = ? AND status = 'PENDING'",
+                (status, time.time(), workflow_id, name),
+            )
+        )
+
+    def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
+        """Approvals, oldest first."""
+        where = "WHERE approvals.status = 'PENDING'" if pending_only else ""
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
+                f"workflows.id = approvals.workflow_id {where} ORDER BY requested_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [ApprovalRow(*r) for r in rows]
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
         """Flag an unfinished workflow for cancellation; return its row."""
@@ -455,6 +647,8 @@ def _workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
         int(row.cancel_requested),
         row.deadline_at,
         row.stalls,
+        row.wake_at,
+        row.wait_topic,
     )
 
 
@@ -475,6 +669,8 @@ def _workflow_row(r: Sequence[Any]) -> WorkflowRow:
             cancel_requested=bool(r[11]),
             deadline_at=None if r[12] is None else float(r[12]),
             stalls=int(r[13]),
+            wake_at=None if r[14] is None else float(r[14]),
+            wait_topic=r[15],
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc
