@@ -5,17 +5,20 @@ from __future__ import annotations
 import perdure
 
 PUBLIC = {
-    "AttemptInfo",
-    "AsyncEngine", "AsyncWorkflowHandle", "ConfigurationError", "CorruptRecordError",
-    "DEFAULT_RETRY", "DeadLetteredError", "DeadlineExceededError", "Engine", "EngineClosedError",
-    "ErrorInfo", "Failure", "FailureKind", "NO_RETRY", "NonDeterminismError", "PerdureError",
-    "PermanentError", "RateLimitedError", "RecordedStepError", "ResultTimeoutError",
-    "RetryPolicy", "SerializationError", "StepError", "StepFailedError", "StepInfo", "StepStatus",
+    "Approval", "ApprovalInfo", "ApprovalNotPending", "AsyncEngine", "AsyncWorkflowHandle",
+    "AttemptInfo", "ConfigurationError", "CorruptRecordError", "DEFAULT_RETRY",
+    "DeadLetteredError", "DeadlineExceededError", "Engine", "EngineClosedError", "ErrorInfo",
+    "Failure", "FailureKind", "NO_RETRY", "NonDeterminismError", "PerdureError", "PermanentError",
+    "RateLimitedError", "RecordedStepError", "ResultTimeoutError", "RetryPolicy",
+    "SerializationError", "StepError", "StepFailedError", "StepInfo", "StepStatus",
     "StepTimeoutError", "StoreError", "StoreUnavailableError", "TransientError",
     "UnknownWorkflowError", "WorkflowCancelled", "WorkflowCancelledError",
     "WorkflowConflictError", "WorkflowFailedError", "WorkflowHandle", "WorkflowInfo",
-    "WorkflowInterrupted", "WorkflowNotFound", "WorkflowStatus", "__version__", "compensate",
-    "now", "random", "register_classifier", "step", "uuid4", "workflow", "workflow_id",
+    "WorkflowInterrupted", "WorkflowNotFound", "WorkflowStatus", "WorkflowSuspended",
+    "__version__", "compensate", "now", "random", "receive", "receive_async",
+    "register_classifier", "set_event", "sleep", "sleep_async", "sleep_until",
+    "sleep_until_async", "step", "uuid4", "wait_for_approval", "wait_for_approval_async",
+    "workflow", "workflow_id",
 }  # fmt: skip
 
 
@@ -26,8 +29,9 @@ def test_all_is_the_public_api() -> None:
 
 
 def test_errors_form_one_tree() -> None:
-    errors = [getattr(perdure, n) for n in PUBLIC if n.endswith(("Error", "NotFound"))]
+    errors = [getattr(perdure, n) for n in PUBLIC if n.endswith(("Error", "NotFound", "Pending"))]
     assert not issubclass(perdure.WorkflowCancelled, Exception)
+    assert not issubclass(perdure.WorkflowSuspended, Exception)
     for error in errors:
         assert issubclass(error, perdure.PerdureError), error
     # Engine control flow must not be caught by `except Exception`.

@@ -210,7 +210,7 @@ def test_sqlite_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     versions = conn.execute("SELECT version, name FROM perdure_schema").fetchall()
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    assert versions == [(1, "0001_initial.sql"), (2, "0002_failures.sql")]
+    assert versions == [(1, "0001_initial.sql"), (2, "0002_failures.sql"), (3, "0003_waiting.sql")]
     assert mode == "wal"
 
 
