@@ -8,8 +8,8 @@ database must never start recovering the workflows in it.
 Two renderings of recorded values live here too:
 
 * :func:`workflow_to_dict` / :func:`step_to_dict` / :func:`attempt_to_dict` /
-  :func:`retrying_to_dict` give JSON-ready dicts (ISO 8601 times, plain JSON values; see
-  :func:`to_jsonable` for how richer types map).
+  :func:`retrying_to_dict` / :func:`approval_to_dict` give JSON-ready dicts (ISO 8601 times,
+  plain JSON values; see :func:`to_jsonable` for how richer types map).
 * :func:`preview` gives a one-line, width-limited, JSON-ish text for tables.
 
 Records decode payloads leniently: a value of a class this process does not know stays the
@@ -33,10 +33,12 @@ from typing import Any
 
 from ._errors import ConfigurationError, WorkflowNotFound
 from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
+from ._signals import ApprovalInfo
 from .store import Store, WorkflowStatus
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "approval_to_dict",
     "attempt_to_dict",
     "error_text",
     "get_workflow",
@@ -210,6 +212,22 @@ def retrying_to_dict(failures: Sequence[AttemptInfo]) -> dict[str, Any]:
         "next_attempt": last.attempt + 1,
         "retry_at": last.retry_at.isoformat(),
         "failures": [attempt_to_dict(attempt) for attempt in failures],
+    }
+
+
+def approval_to_dict(info: ApprovalInfo) -> dict[str, Any]:
+    """An approval request as JSON-ready data (times as ISO 8601 UTC strings; ``decided_at``,
+    ``decided_by`` and ``comment`` are None until it is decided)."""
+    return {
+        "workflow_id": info.workflow_id,
+        "workflow_name": info.workflow_name,
+        "name": info.name,
+        "status": info.status,
+        "details": to_jsonable(info.details),
+        "requested_at": info.requested_at.isoformat(),
+        "decided_at": None if info.decided_at is None else info.decided_at.isoformat(),
+        "decided_by": info.decided_by,
+        "comment": info.comment,
     }
 
 

@@ -5,6 +5,11 @@ runs it with ``perdure.Engine`` in a child process, so the CLI reads a journal w
 way an application writes it, and does not have the application's classes imported. A second
 database holds the runs that went wrong in other ways: retried steps, cancellation, a step
 waiting for its next attempt, a dead-lettered workflow.
+
+``send``, ``approvals``, ``approve`` and ``reject`` are tested against a worker child process
+(its own small application) that runs a workflow waiting for a message or an approval and
+keeps its engine open until the workflow ends: the CLI only records the message or decision,
+and the workflow resumes in the worker.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +215,53 @@ MAKE_FAILURES_DB = textwrap.dedent(
         wait_for_attempt(engine, "order-waiting")
     # Closing released order-waiting (PENDING): its step still waits for attempt 2.
     """
+)
+
+
+SIGNALS_APP = textwrap.dedent(
+    '''
+    """A worker for the CLI's message and approval tests.
+
+    ``signals_app.py DB KIND ID`` starts a workflow (KIND ``deploy`` waits for an approval,
+    ``inbox`` collects messages), prints "started", keeps its engine open until the workflow
+    ends, and prints its result as JSON.
+    """
+
+    import json
+    import sys
+
+    import perdure
+
+
+    @perdure.workflow(name="cli_test_deploy")
+    def deploy(version: str) -> dict:
+        decision = perdure.wait_for_approval("deploy", details={"version": version})
+        return {
+            "approved": decision.approved,
+            "by": decision.by,
+            "comment": decision.comment,
+            "timed_out": decision.timed_out,
+        }
+
+
+    @perdure.workflow(name="cli_test_inbox")
+    def inbox() -> list:
+        notes = []
+        while (note := perdure.receive("note")) != "stop":
+            notes.append(note)
+        return notes
+
+
+    if __name__ == "__main__":
+        url, kind, workflow_id = sys.argv[1:]
+        with perdure.Engine(url) as engine:
+            if kind == "deploy":
+                handle = engine.start(deploy, "1.2", id=workflow_id)
+            else:
+                handle = engine.start(inbox, id=workflow_id)
+            print("started", flush=True)
+            print(json.dumps(handle.result(timeout=60)), flush=True)
+    '''
 )
 
 
@@ -650,6 +703,205 @@ def test_show_with_attempts_fits_the_terminal(failures_db: str) -> None:
             assert all(len(line) <= columns for line in fitted), done.stdout
 
 
+# -- send, approvals, approve, reject ----------------------------------------------------
+
+
+class Worker:
+    """A worker child process running one workflow of ``SIGNALS_APP``."""
+
+    def __init__(self, folder: Path, url: str, kind: str, workflow_id: str) -> None:
+        self.id = workflow_id
+        self.process = subprocess.Popen(
+            [sys.executable, "signals_app.py", url, kind, workflow_id],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        line = self.process.stdout.readline()
+        assert line == "started\n", line + self.process.stderr.read()
+
+    def result(self) -> object:
+        """The workflow's result, once the worker has printed it and exited."""
+        out, err = self.process.communicate(timeout=60)
+        assert self.process.returncode == 0, err
+        return json.loads(out)
+
+
+@dataclass
+class Workers:
+    """Starts ``Worker`` processes on one database; those still running at the end are killed."""
+
+    folder: Path
+    url: str
+    started: list[Worker]
+
+    def start(self, kind: str, workflow_id: str) -> Worker:
+        worker = Worker(self.folder, self.url, kind, workflow_id)
+        self.started.append(worker)
+        return worker
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    (tmp_path / "signals_app.py").write_text(SIGNALS_APP)
+    made = Workers(tmp_path, f"sqlite:///{tmp_path / 'signals.db'}", [])
+    yield made
+    for worker in made.started:
+        if worker.process.poll() is None:
+            worker.process.kill()
+        worker.process.communicate(timeout=30)
+
+
+def _wait_until_pending(url: str, workflow_id: str) -> None:
+    """Poll ``perdure approvals --json`` until the workflow's request shows up."""
+    deadline = time.monotonic() + 30
+    while True:
+        done = perdure("approvals", "--db", url, "--json")
+        assert done.returncode == 0, done.stderr
+        if any(item["workflow_id"] == workflow_id for item in json.loads(done.stdout)):
+            return
+        assert time.monotonic() < deadline, f"{workflow_id} never asked for approval"
+        time.sleep(0.05)
+
+
+def test_approvals_lists_a_pending_request_and_approve_resumes_it(workers: Workers) -> None:
+    url = workers.url
+    worker = workers.start("deploy", "deploy-1")
+    _wait_until_pending(url, "deploy-1")
+
+    done = perdure("approvals", "--db", url)
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()
+    assert header.split() == ["workflow", "id", "workflow", "approval", "requested", "(UTC)",
+                              "details"]  # fmt: skip
+    assert row.split()[:3] == ["deploy-1", "cli_test_deploy", "deploy"]
+    assert row.endswith('{"version": "1.2"}')
+    for columns in (60, 80):
+        narrow = perdure("approvals", "--db", url, env=_env(COLUMNS=str(columns)))
+        assert all(len(line) <= columns for line in narrow.stdout.splitlines()), narrow.stdout
+    [item] = json.loads(perdure("approvals", "--db", url, "--json").stdout)
+    assert item["workflow_id"] == "deploy-1"
+    assert item["workflow_name"] == "cli_test_deploy"
+    assert (item["name"], item["status"]) == ("deploy", "PENDING")
+    assert item["details"] == {"version": "1.2"}
+    assert dt.datetime.fromisoformat(item["requested_at"]).utcoffset() == dt.timedelta(0)
+    assert (item["decided_at"], item["decided_by"], item["comment"]) == (None, None, None)
+
+    done = perdure("approve", "deploy-1", "deploy", "--by", "alice", "--comment", "ok", "--db", url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "approved 'deploy' of workflow 'deploy-1' (by alice)\n"
+    assert done.stderr == ""
+    # The CLI only recorded the decision: the worker's engine resumed the workflow.
+    assert worker.result() == {"approved": True, "by": "alice", "comment": "ok", "timed_out": False}
+
+    for command in ("approve", "reject"):
+        again = perdure(command, "deploy-1", "deploy", "--by", "bob", "--db", url)
+        assert again.returncode == 1
+        assert "no pending approval named 'deploy'" in _one_error_line(again)
+
+    assert perdure("approvals", "--db", url).stdout == f"No pending approvals in {url}.\n"
+    assert json.loads(perdure("approvals", "--db", url, "--json").stdout) == []
+    everything = perdure("approvals", "--all", "--db", url, env=_env(COLUMNS="200"))
+    assert everything.returncode == 0, everything.stderr
+    header, row = everything.stdout.splitlines()
+    assert "status" in header and "decided by" in header and "comment" in header
+    assert row.split()[:4] == ["deploy-1", "cli_test_deploy", "deploy", "APPROVED"]
+    assert "  alice  " in row and "  ok  " in row
+    narrow = perdure("approvals", "--all", "--db", url, env=_env(COLUMNS="80"))
+    assert all(len(line) <= 80 for line in narrow.stdout.splitlines()), narrow.stdout
+    [item] = json.loads(perdure("approvals", "--all", "--json", "--db", url).stdout)
+    assert (item["status"], item["decided_by"], item["comment"]) == ("APPROVED", "alice", "ok")
+    decided = dt.datetime.fromisoformat(item["decided_at"])
+    assert decided >= dt.datetime.fromisoformat(item["requested_at"])
+
+    # In process, to see the colors a terminal gets.
+    from click.testing import CliRunner
+
+    from perdure.cli import cli
+
+    colored = CliRunner().invoke(cli, ["approvals", "--all", "--db", url], color=True)
+    assert colored.exit_code == 0, colored.output
+    assert "\x1b[32mAPPROVED" in colored.output
+
+
+def test_reject_by_the_os_user_by_default(workers: Workers) -> None:
+    url = workers.url
+    worker = workers.start("deploy", "deploy-2")
+    _wait_until_pending(url, "deploy-2")
+    done = perdure(
+        "reject", "deploy-2", "deploy", "--comment", "not on a Friday", "--db", url,
+        env=_env(LOGNAME="carol"),  # getpass.getuser() reads $LOGNAME first
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "rejected 'deploy' of workflow 'deploy-2' (by carol)\n"
+    assert worker.result() == {
+        "approved": False,
+        "by": "carol",
+        "comment": "not on a Friday",
+        "timed_out": False,
+    }
+    [item] = json.loads(perdure("approvals", "--all", "--json", "--db", url).stdout)
+    assert (item["status"], item["decided_by"]) == ("REJECTED", "carol")
+    assert perdure("approve", "deploy-2", "deploy", "--db", url).returncode == 1
+
+
+def test_send_with_an_idempotency_key_delivers_once(workers: Workers) -> None:
+    url = workers.url
+    worker = workers.start("inbox", "inbox-1")
+    first = perdure("send", "inbox-1", "note", '{"a": 1}', "--key", "k1", "--db", url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "sent\n"
+    again = perdure("send", "inbox-1", "note", '{"a": 1}', "--key", "k1", "--db", url)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("already sent (idempotency key 'k1')")
+    stop = perdure("send", "inbox-1", "note", '"stop"', "--db", url)
+    assert (stop.returncode, stop.stdout) == (0, "sent\n")
+    # Messages on a topic arrive in send order: a second {"a": 1} would come before "stop".
+    assert worker.result() == [{"a": 1}]
+
+    late = perdure("send", "inbox-1", "note", '"late"', "--db", url)
+    assert (late.returncode, late.stdout) == (0, "sent\n")
+    assert "has ended (SUCCESS)" in late.stderr  # a warning: nothing will receive it
+
+
+def test_send_needs_a_json_payload(db: Db, tmp_path: Path) -> None:
+    for payload in ("{a: 1}", "hello", ""):
+        done = perdure("send", "order-42", "note", payload, "--db", db.url)
+        assert done.returncode == 2, done
+        assert "not valid JSON" in _one_error_line(done)
+    # The payload is checked before the database: still a usage error.
+    nowhere = f"sqlite:///{tmp_path / 'nowhere' / 'app.db'}"
+    assert perdure("send", "order-42", "note", "{", "--db", nowhere).returncode == 2
+    null = perdure("send", "order-42", "note", "null", "--db", db.url)
+    assert null.returncode == 2
+    assert "cannot be None" in _one_error_line(null)
+
+
+def test_signals_to_a_missing_workflow_exit_1(db: Db) -> None:
+    for args in (
+        ["send", "no-such-id", "note", "1"],
+        ["approve", "no-such-id", "deploy"],
+        ["reject", "no-such-id", "deploy", "--by", "alice"],
+    ):
+        done = perdure(*args, "--db", db.url)
+        assert done.returncode == 1, done
+        assert "no-such-id" in _one_error_line(done)
+    never_asked = perdure("approve", "order-42", "deploy", "--db", db.url)
+    assert never_asked.returncode == 1
+    assert "no pending approval named 'deploy'" in _one_error_line(never_asked)
+
+
+def test_approvals_when_none_were_requested(db: Db) -> None:
+    done = perdure("approvals", "--db", db.url)
+    assert (done.returncode, done.stdout) == (0, f"No pending approvals in {db.url}.\n")
+    everything = perdure("approvals", "--all", "--db", db.url)
+    assert everything.stdout == f"No approvals in {db.url}.\n"
+    assert json.loads(perdure("approvals", "--all", "--json", "--db", db.url).stdout) == []
+
+
 # -- errors and exit codes -----------------------------------------------------------------
 
 
@@ -662,7 +914,15 @@ def test_show_missing_workflow_exits_1(db: Db) -> None:
 
 def test_missing_database_folder_exits_3(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nowhere' / 'app.db'}"
-    for args in (["list"], ["show", "order-42"], ["list", "--json"]):
+    for args in (
+        ["list"],
+        ["show", "order-42"],
+        ["list", "--json"],
+        ["approvals"],
+        ["approve", "order-42", "deploy"],
+        ["reject", "order-42", "deploy"],
+        ["send", "order-42", "note", "1"],
+    ):
         done = perdure(*args, "--db", url)
         assert done.returncode == 3, done
         assert "does not exist" in _one_error_line(done)
@@ -688,6 +948,9 @@ def test_usage_errors_exit_2(db: Db) -> None:
     assert perdure("list", "--db", db.url, "--limit", "0").returncode == 2
     assert perdure("list", "--db", db.url, "--status", "DONE").returncode == 2
     assert perdure("show", "--db", db.url).returncode == 2
+    assert perdure("approvals", "--db", db.url, "--limit", "0").returncode == 2
+    assert perdure("approve", "order-42", "--db", db.url).returncode == 2  # no NAME
+    assert perdure("send", "order-42", "note", "--db", db.url).returncode == 2  # no JSON
     assert perdure("frobnicate").returncode == 2
 
 

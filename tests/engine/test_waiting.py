@@ -197,6 +197,17 @@ def test_cancelling_a_waiting_workflow_runs_its_compensation(engine: perdure.Eng
     assert calls == Counter({"booked": 1, "undo booked": 1})
 
 
+def test_an_approval_of_a_cancelled_workflow_is_closed(engine: perdure.Engine) -> None:
+    handle = engine.start(approval_flow, 5)
+    wait_until(lambda: len(engine.pending_approvals()) == 1)
+    engine.cancel(handle.id)
+    with pytest.raises(perdure.WorkflowCancelledError):
+        handle.result(timeout=10)
+    assert engine.pending_approvals() == []
+    with pytest.raises(perdure.ApprovalNotPending):
+        engine.approve(handle.id, "payment")
+
+
 @perdure.workflow(name="wait_swallower")
 def swallower() -> str:
     try:

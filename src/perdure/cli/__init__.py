@@ -1,15 +1,23 @@
-"""The ``perdure`` command line: look into a database of workflows, and run the demo.
+"""The ``perdure`` command line: look into a database of workflows, talk to waiting
+workflows, and run the demo.
 
 ::
 
     perdure list [--db URL] [--status S] [--name N] [--limit 50] [--json]
     perdure show ID [--db URL] [--json]
+    perdure send ID TOPIC JSON [--key IDEMPOTENCY_KEY] [--db URL]
+    perdure approvals [--all] [--limit 100] [--json] [--db URL]
+    perdure approve ID NAME [--by WHO] [--comment TEXT] [--db URL]
+    perdure reject ID NAME [--by WHO] [--comment TEXT] [--db URL]
     perdure demo [--db URL]
 
 The database is ``--db``, else the ``PERDURE_DB`` environment variable, else
 ``sqlite:///perdure.db`` (for ``demo``: a fresh database in a temporary folder). ``list`` and
-``show`` only read the store through :mod:`perdure._admin`: they never start an Engine, so
-they never join as a worker or resume anyone's workflows.
+``show`` only read the store through :mod:`perdure._admin`; ``send``, ``approvals``,
+``approve`` and ``reject`` go through :mod:`perdure._signals`. None of them starts an Engine,
+so they never join as a worker or resume anyone's workflows: ``send``/``approve``/``reject``
+record the message or decision, and the workflow resumes in a worker process whose Engine has
+it registered (within that engine's poll interval, 0.1 s by default).
 
 ``show`` prints the workflow, its journal (a step per row, each failed attempt of a retried
 step on a line under it) and the steps waiting for their next attempt (``Retrying``; ``Not
@@ -19,7 +27,8 @@ retried`` once the workflow ended while they waited). ``show --json`` gives each
 Exit codes scripts can rely on:
 
 * 0: it worked.
-* 1: no such workflow (or no such thing, e.g. the demo is not installed).
+* 1: no such workflow, no pending approval of that name (or no such thing, e.g. the demo
+  is not installed).
 * 2: usage error (a bad option, a bad database URL).
 * 3: the database is unavailable or unreadable.
 
@@ -29,6 +38,7 @@ Errors go to stderr as one line starting with ``perdure:``. Times are shown in U
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import importlib
 import json
 import os
@@ -42,7 +52,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
-from .. import __version__, _admin
+from .. import __version__, _admin, _signals
 from .._errors import (
     ConfigurationError,
     PerdureError,
@@ -51,6 +61,7 @@ from .._errors import (
     WorkflowNotFound,
 )
 from .._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
+from .._signals import ApprovalInfo, ApprovalNotPending
 from ..store import Store, WorkflowStatus, open_store
 
 __all__ = [
@@ -75,13 +86,22 @@ _STEP_PREVIEW = 60  # output preview width when stdout is not a terminal
 _HEADER_PREVIEW = 100  # inputs/result preview width when stdout is not a terminal
 _ATTEMPT_PREVIEW = 100  # error width of an attempt line when stdout is not a terminal
 _ATTEMPT_MIN_ERROR = 24  # narrower than this, an attempt line drops its retry time instead
+_DETAILS_MIN = 20  # the details preview an approvals table fit to a terminal keeps if it can
+_DETAILS_FLOOR = 12  # ... and the narrowest it gets
+_DETAILS_PREVIEW = 60  # details preview width when stdout is not a terminal
+_APPROVALS_LIMIT = 100
 _STATUS_STYLES: dict[str, dict[str, Any]] = {
     WorkflowStatus.SUCCESS.value: {"fg": "green"},
     WorkflowStatus.ERROR.value: {"fg": "red"},
     WorkflowStatus.RUNNING.value: {"fg": "yellow"},
-    WorkflowStatus.PENDING.value: {"fg": "cyan"},
+    WorkflowStatus.PENDING.value: {"fg": "cyan"},  # an approval's PENDING too
+    WorkflowStatus.WAITING.value: {"fg": "cyan"},
     WorkflowStatus.CANCELLED.value: {"fg": "yellow"},  # stopped on request: a warning
     WorkflowStatus.DEAD_LETTER.value: {"fg": "red", "bold": True},  # given up: an error
+    # Approval statuses.
+    "APPROVED": {"fg": "green"},
+    "REJECTED": {"fg": "red"},
+    "TIMED_OUT": {"fg": "yellow"},
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,6 +122,8 @@ def _reporting_errors() -> Iterator[None]:
     try:
         yield
     except WorkflowNotFound as exc:
+        _fail(str(exc), EXIT_NOT_FOUND)
+    except ApprovalNotPending as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
     except ConfigurationError as exc:
         _fail(str(exc), EXIT_USAGE)
@@ -433,17 +455,102 @@ def _header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
     return lines
 
 
+def _approval_table(infos: Sequence[ApprovalInfo], decided: bool, width: int | None) -> list[str]:
+    """The ``approvals`` table, made to fit ``width``; with ``decided`` it has the status and
+    the decision's columns. The details preview comes last and takes the room that is left.
+    To leave it ``_DETAILS_MIN`` columns, first times get shorter, then the decided column
+    goes, then (with the decisions) the requested column; then the comment, the workflow
+    name and the approval name are cut with "…" (to 12). Still too wide, the details narrow
+    to ``_DETAILS_FLOOR`` and those columns, then the id, are cut to 8."""
+
+    def columns(short: bool, decided_at: bool, requested: bool = True) -> list[_Column]:
+        cols = [
+            _Column("workflow id", [a.workflow_id for a in infos]),
+            _Column("workflow", [a.workflow_name for a in infos]),
+            _Column("approval", [a.name for a in infos]),
+        ]
+        if decided:
+            cols.append(_Column("status", [a.status for a in infos]))
+        if requested or not decided:
+            times = [_time(a.requested_at, short=short) for a in infos]
+            cols.append(_Column("requested (UTC)", times))
+        if decided:
+            if decided_at:
+                times = ["" if a.decided_at is None else _time(a.decided_at, short=short)
+                         for a in infos]  # fmt: skip
+                cols.append(_Column("decided (UTC)", times))
+            cols.append(_Column("decided by", [a.decided_by or "" for a in infos]))
+            cols.append(_Column("comment", [a.comment or "" for a in infos]))
+        return cols
+
+    # Room the columns before the details may take, the details keeping _DETAILS_MIN.
+    fixed = None if width is None else width - len(_GAP) - _DETAILS_MIN
+    cols = columns(False, True)
+    for short, decided_at, requested in ((True, True, True), (True, False, True),
+                                         (True, False, False)):  # fmt: skip
+        if fixed is None or _total(cols) <= fixed:
+            break
+        cols = columns(short, decided_at, requested)
+    for header, minimum in (("comment", 12), ("workflow", 12), ("approval", 12)):
+        _shrink(cols, header, minimum, fixed)
+    # Still too wide: the details make do with _DETAILS_FLOOR, the names and the id get shorter.
+    floor = None if width is None else width - len(_GAP) - _DETAILS_FLOOR
+    for header in ("comment", "decided by", "workflow", "approval", "workflow id"):
+        _shrink(cols, header, 8, floor)
+    room = (
+        _DETAILS_PREVIEW if width is None else max(_DETAILS_FLOOR, width - _total(cols) - len(_GAP))
+    )
+    details = ["" if a.details is None else _admin.preview(a.details, room) for a in infos]
+    cols.append(_Column("details", details))
+    cols[-1].width = min(cols[-1].width, room)
+    return _render_table(cols)
+
+
+def _os_user() -> str:
+    """Who runs this command, for ``--by``: the OS user name, else ``unknown``."""
+    try:
+        return getpass.getuser() or "unknown"
+    except Exception:  # no user name in the environment nor in the password database
+        return "unknown"
+
+
+def _parse_json(text: str) -> Any:
+    """The value of a JSON argument; a usage error (exit 2) if it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        _fail(
+            f"JSON is not valid JSON ({exc}): {_clip(text, 40)!r}; quote it for the shell, e.g. "
+            """'{"a": 1}', or '"text"' for a string""",
+            EXIT_USAGE,
+        )
+
+
+def _warn_if_finished(store: Store, workflow_id: str, what: str) -> None:
+    """Warn on stderr when the workflow has ended, so nothing will ever take ``what``."""
+    row = store.get_workflow(workflow_id)
+    if row is not None and row.status.finished:
+        click.echo(
+            f"perdure: warning: workflow {workflow_id!r} has ended ({row.status.value}): "
+            f"{what} will never be received",
+            err=True,
+        )
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="perdure")
 def cli() -> None:
-    """Inspect perdure workflows and their step journals.
+    """Inspect perdure workflows and their step journals, send them messages and decide
+    their approvals.
 
     The database is --db URL, else $PERDURE_DB, else sqlite:///perdure.db. Times are UTC.
+    These commands never run workflows: a workflow resumes in the worker process that runs it.
 
-    Exit codes: 0 ok, 1 not found, 2 usage error, 3 database unavailable or unreadable.
+    Exit codes: 0 ok, 1 not found (no such workflow, no such pending approval), 2 usage error,
+    3 database unavailable or unreadable.
     """
 
 
@@ -515,6 +622,120 @@ def show_command(workflow_id: str, db: str, as_json: bool) -> None:
         click.echo(heading)
         for line in _retry_table(pending, info.created_at.date(), width):
             click.echo(line)
+
+
+@cli.command("send", short_help="Send a message to a workflow.")
+@click.argument("workflow_id", metavar="ID")
+@click.argument("topic")
+@click.argument("payload", metavar="JSON")
+@click.option(
+    "--key",
+    "idempotency_key",
+    metavar="IDEMPOTENCY_KEY",
+    help="Send at most once: a resend with the same key (same workflow and topic) does nothing.",
+)
+@_db_option
+def send_command(
+    workflow_id: str, topic: str, payload: str, idempotency_key: str | None, db: str
+) -> None:
+    """Send a message to workflow ID on TOPIC, for its perdure.receive(TOPIC).
+
+    JSON is the payload as JSON text, quoted for the shell: '{"a": 1}', or '"text"' for a
+    string (null is refused). Messages are delivered exactly once, in send order per topic,
+    and kept until the workflow receives them.
+
+    This only records the message: a worker process whose Engine has the workflow registered
+    delivers it, within its poll interval (0.1 s by default), or once one starts.
+    """
+    value = _parse_json(payload)
+    with _opened(db) as store, _reporting_errors():
+        sent = _signals.send(store, workflow_id, topic, value, idempotency_key)
+        if sent:
+            _warn_if_finished(store, workflow_id, "the message")
+    if sent:
+        click.echo("sent")
+    else:
+        click.echo(f"already sent (idempotency key {idempotency_key!r}): nothing sent again")
+
+
+@cli.command("approvals", short_help="List approvals waiting for a human.")
+@click.option("--all", "show_all", is_flag=True, help="Include decided and timed-out approvals.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=_APPROVALS_LIMIT,
+    show_default=True,
+    help="At most this many approvals (oldest first).",
+)
+@_db_option
+@_json_option
+def approvals_command(show_all: bool, limit: int, db: str, as_json: bool) -> None:
+    """List the approval requests waiting for a human (perdure.wait_for_approval), oldest
+    first, with the details the workflow attached. Decide one with `perdure approve` or
+    `perdure reject`."""
+    with _opened(db) as store, _reporting_errors():
+        infos = _signals.list_approvals(store, pending_only=not show_all, limit=limit)
+    if as_json:
+        _echo_json([_admin.approval_to_dict(info) for info in infos])
+    elif not infos:
+        which = "" if show_all else " pending"
+        click.echo(f"No{which} approvals in {_without_password(db)}.")
+    else:
+        for line in _approval_table(infos, show_all, _terminal_width()):
+            click.echo(line)
+
+
+def _decision_options(fn: F) -> F:
+    """The ``approve`` / ``reject`` commands' arguments and options (applied last first, so
+    they read ``ID NAME [--by WHO] [--comment TEXT] [--db URL]``)."""
+    fn = _db_option(fn)
+    fn = click.option("--comment", metavar="TEXT", help="A comment for the workflow.")(fn)
+    fn = click.option(
+        "--by",
+        metavar="WHO",
+        help="Who decides (recorded with the decision). Default: your OS user name.",
+    )(fn)
+    fn = click.argument("name", metavar="NAME")(fn)
+    return click.argument("workflow_id", metavar="ID")(fn)
+
+
+def _decide(
+    workflow_id: str, name: str, approved: bool, by: str | None, comment: str | None, db: str
+) -> None:
+    who = _os_user() if by is None else by
+    with _opened(db) as store, _reporting_errors():
+        _signals.decide(store, workflow_id, name, approved, who, comment)
+        _warn_if_finished(store, workflow_id, "the decision")
+    verb = "approved" if approved else "rejected"
+    click.echo(f"{verb} {name!r} of workflow {workflow_id!r} (by {who})")
+
+
+@cli.command("approve", short_help="Approve a workflow's pending approval.")
+@_decision_options
+def approve_command(
+    workflow_id: str, name: str, by: str | None, comment: str | None, db: str
+) -> None:
+    """Approve the pending approval NAME of workflow ID (its perdure.wait_for_approval(NAME)).
+
+    This only records the decision: the workflow resumes in a worker process whose Engine has
+    it registered, within its poll interval (0.1 s by default), or once one starts. Exits 1
+    when nothing of that name is pending (see `perdure approvals`).
+    """
+    _decide(workflow_id, name, True, by, comment, db)
+
+
+@cli.command("reject", short_help="Reject a workflow's pending approval.")
+@_decision_options
+def reject_command(
+    workflow_id: str, name: str, by: str | None, comment: str | None, db: str
+) -> None:
+    """Reject the pending approval NAME of workflow ID (its perdure.wait_for_approval(NAME)).
+
+    This only records the decision: the workflow resumes in a worker process whose Engine has
+    it registered, within its poll interval (0.1 s by default), or once one starts. Exits 1
+    when nothing of that name is pending (see `perdure approvals`).
+    """
+    _decide(workflow_id, name, False, by, comment, db)
 
 
 @cli.command("demo")

@@ -148,7 +148,7 @@ class ApprovalRow:
     workflow_id: str
     name: str
     details: str
-    status: str  # PENDING, APPROVED, REJECTED, TIMED_OUT
+    status: str  # PENDING, APPROVED, REJECTED, TIMED_OUT, CLOSED (the workflow ended first)
     requested_at: float
     decided_at: float | None = None
     decided_by: str | None = None
@@ -271,7 +271,7 @@ class Store(Protocol):
         """Mark a pending approval as ended without a decision (e.g. TIMED_OUT)."""
 
     def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
-        """Approvals, oldest first (only PENDING ones when ``pending_only``)."""
+        """PENDING approvals oldest first, or (``pending_only`` false) all, newest first."""
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
         """Flag an unfinished workflow for cancellation; return its row (None if unknown)."""

@@ -217,15 +217,26 @@ class SQLiteStore:
         output: str | None,
         error: str | None,
     ) -> None:
-        """Record the final outcome and drop ownership, if ``lease`` is current."""
-        cur = self._run(
-            lambda c: c.execute(
-                "UPDATE workflows SET status = ?, output = ?, error = ?, owner = NULL, "
-                "updated_at = ? WHERE id = ? AND owner = ? AND epoch = ?",
-                (status.value, output, error, time.time(), workflow_id, lease.owner, lease.epoch),
-            )
-        )
-        if cur.rowcount != 1:
+        """Record the final outcome and drop ownership, if ``lease`` is current; approvals it
+        still has pending are closed (nobody can decide them any more)."""
+        now = time.time()
+
+        def finish(conn: sqlite3.Connection) -> int:
+            with self._transaction(conn):
+                count = conn.execute(
+                    "UPDATE workflows SET status = ?, output = ?, error = ?, owner = NULL, "
+                    "updated_at = ? WHERE id = ? AND owner = ? AND epoch = ?",
+                    (status.value, output, error, now, workflow_id, lease.owner, lease.epoch),
+                ).rowcount
+                if count == 1:
+                    conn.execute(
+                        "UPDATE approvals SET status = 'CLOSED', decided_at = ? WHERE "
+                        "workflow_id = ? AND status = 'PENDING'",
+                        (now, workflow_id),
+                    )
+                return int(count)
+
+        if self._run(finish) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
     def reset_workflow(self, workflow_id: str) -> bool:
@@ -488,10 +499,12 @@ class SQLiteStore:
     def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
         """Approvals, oldest first."""
         where = "WHERE approvals.status = 'PENDING'" if pending_only else ""
+        order = "" if pending_only else "DESC"  # the oldest waiting first; else the newest
         rows = self._run(
             lambda c: c.execute(
                 f"SELECT {_APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
-                f"workflows.id = approvals.workflow_id {where} ORDER BY requested_at LIMIT ?",
+                f"workflows.id = approvals.workflow_id {where} ORDER BY requested_at {order} "
+                "LIMIT ?",
                 (limit,),
             ).fetchall()
         )
