@@ -74,7 +74,10 @@ class Engine:
         heartbeat_interval: how often this worker renews its heartbeat.
         recovery_interval: how often this worker looks for workflows to take over.
         shutdown_grace: seconds :meth:`close` gives in-flight steps to finish.
-        recover: whether to take over unfinished workflows (at start and periodically).
+        recover: whether this engine takes over workflows it did not start itself: those of
+            dead or stopped workers, and waiting ones whose timer or message came. False
+            makes a client (a web app that only starts, sends and approves); its own waiting
+            workflows then resume in a worker.
         retry: the retry policy of steps that name none (see ``docs/failures.md``).
         max_recoveries: takeovers after which a workflow that keeps killing its workers is
             dead-lettered (status DEAD_LETTER) instead of being run again.
@@ -159,8 +162,11 @@ class Engine:
             target=self._maintain, name="perdure-maintenance", daemon=True
         )
         self._maintenance.start()
-        self._waker = threading.Thread(target=self._wake_loop, name="perdure-waker", daemon=True)
-        self._waker.start()
+        if self._auto_recover:
+            self._waker = threading.Thread(
+                target=self._wake_loop, name="perdure-waker", daemon=True
+            )
+            self._waker.start()
         return self
 
     def close(self) -> None:
