@@ -32,7 +32,11 @@ from .store import ApprovalRow, approval_topic
 class WorkflowSuspended(BaseException):
     """Unwinds a workflow that waits: it is unloaded until ``wake_at`` or a message."""
 
-    def __init__(self, wake_at: float | None, topic: str | None) -> None:
+    def __init__(
+        self, wake_at: float | None, topic: str | None, deadline_at: float | None = None
+    ) -> None:
+        if deadline_at is not None:  # a run past its deadline must wake to fail
+            wake_at = deadline_at if wake_at is None else min(wake_at, deadline_at)
         self.wake_at = wake_at
         self.topic = topic
         super().__init__(f"suspended until {wake_at} / a message on {topic!r}")
@@ -140,7 +144,7 @@ def _wait_sync(ctx: WorkflowContext, wake_at: float) -> None:
         ctx.check_can_start_step()
         if ctx.clock.time() >= wake_at:
             return
-    raise WorkflowSuspended(wake_at, None)
+    raise WorkflowSuspended(wake_at, None, ctx.deadline_at)
 
 
 async def _wait_async(ctx: WorkflowContext, wake_at: float) -> None:
@@ -153,7 +157,7 @@ async def _wait_async(ctx: WorkflowContext, wake_at: float) -> None:
         ctx.check_can_start_step()
         if ctx.clock.time() >= wake_at:
             return
-    raise WorkflowSuspended(wake_at, None)
+    raise WorkflowSuspended(wake_at, None, ctx.deadline_at)
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -186,7 +190,7 @@ def receive(topic: str, timeout: float | dt.timedelta | None = None) -> Any:
     got, value = _try_receive(ctx, key, topic, deadline)
     if got:
         return value
-    raise WorkflowSuspended(deadline, topic)
+    raise WorkflowSuspended(deadline, topic, ctx.deadline_at)
 
 
 async def receive_async(topic: str, timeout: float | dt.timedelta | None = None) -> Any:
@@ -204,7 +208,7 @@ async def receive_async(topic: str, timeout: float | dt.timedelta | None = None)
     got, value = _try_receive(ctx, key, topic, deadline)  # one short write, like a commit
     if got:
         return value
-    raise WorkflowSuspended(deadline, topic)
+    raise WorkflowSuspended(deadline, topic, ctx.deadline_at)
 
 
 def _try_receive(

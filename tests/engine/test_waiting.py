@@ -254,3 +254,18 @@ def test_waits_outside_a_workflow() -> None:
     perdure.sleep(0)  # plain sleep
     with pytest.raises(perdure.PerdureError, match="only inside a running workflow"):
         perdure.receive("x")
+
+
+@perdure.workflow(name="wait_with_deadline", deadline=600)
+def waits_past_deadline() -> Any:
+    return perdure.receive("never")  # no timeout of its own: the deadline must still end it
+
+
+def test_a_waiting_workflow_wakes_at_its_deadline_to_fail(
+    engine: perdure.Engine, clock: FakeClock
+) -> None:
+    handle = engine.start(waits_past_deadline)
+    wait_until(lambda: handle.status() is perdure.WorkflowStatus.WAITING)
+    clock.advance(600)
+    with pytest.raises(perdure.DeadlineExceededError):
+        handle.result(timeout=10)

@@ -349,13 +349,18 @@ class SQLiteStore:
             return []
         params: dict[str, Any] = {"me": worker_id, "now": now, "limit": limit}
         wanted = _named_list(params, "name", names)
+        # Driven by the two partial indexes (due timers; unconsumed messages), so a poll
+        # costs microseconds however many workflows wait. A cancelled waiting workflow has
+        # wake_at = 0 (see request_cancel), so it is a due timer.
         sql = (
             "UPDATE workflows SET owner = :me, status = 'RUNNING', epoch = epoch + 1, "
-            "wake_at = NULL, wait_topic = NULL, updated_at = :now WHERE id IN (SELECT id FROM "
-            f"workflows w WHERE status = 'WAITING' AND name IN ({wanted}) AND (wake_at <= :now "
-            "OR cancel_requested = 1 OR EXISTS (SELECT 1 FROM messages m WHERE "
-            "m.workflow_id = w.id AND m.topic = w.wait_topic AND m.consumed_by IS NULL)) "
-            f"LIMIT :limit) RETURNING {_WF_COLUMNS}"
+            "wake_at = NULL, wait_topic = NULL, updated_at = :now WHERE id IN ("
+            "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= :now "
+            f"AND name IN ({wanted}) "
+            "UNION SELECT m.workflow_id FROM messages m WHERE m.consumed_by IS NULL AND EXISTS "
+            "(SELECT 1 FROM workflows w WHERE w.id = m.workflow_id AND w.status = 'WAITING' "
+            f"AND w.wait_topic = m.topic AND w.name IN ({wanted})) LIMIT :limit) "
+            f"RETURNING {_WF_COLUMNS}"
         )
 
         def claim(conn: sqlite3.Connection) -> list[Any]:
@@ -515,8 +520,8 @@ class SQLiteStore:
 
         def flag(conn: sqlite3.Connection) -> Any:
             conn.execute(
-                "UPDATE workflows SET cancel_requested = 1, updated_at = ? "
-                f"WHERE id = ? AND {_UNFINISHED}",
+                "UPDATE workflows SET cancel_requested = 1, updated_at = ?, wake_at = CASE "
+                f"WHEN status = 'WAITING' THEN 0 ELSE wake_at END WHERE id = ? AND {_UNFINISHED}",
                 (time.time(), workflow_id),
             )
             return conn.execute(
