@@ -72,10 +72,10 @@ class WorkflowInfo:
             status=row.status,
             args=args,
             kwargs=kwargs,
-            output=_lenient(row.output),
+            output=lenient(row.output),
             error=ErrorInfo.from_text(row.error),
-            created_at=_utc(row.created_at),
-            updated_at=_utc(row.updated_at),
+            created_at=utc(row.created_at),
+            updated_at=utc(row.updated_at),
             recoveries=row.recoveries,
             owner=row.owner,
         )
@@ -104,8 +104,8 @@ class AttemptInfo:
     def from_row(cls, row: AttemptRow) -> AttemptInfo:
         """Build from a store row."""
         error = ErrorInfo.from_text(row.error) or ErrorInfo("unknown", "")
-        return cls(row.key, row.attempt, row.name, error, _utc(row.started_at),
-                   _utc(row.failed_at), _utc(row.retry_at))  # fmt: skip
+        return cls(row.key, row.attempt, row.name, error, utc(row.started_at),
+                   utc(row.failed_at), utc(row.retry_at))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,10 +152,10 @@ class StepInfo:
             key=row.key,
             name=row.name,
             status=row.status,
-            output=_lenient(row.output),
+            output=lenient(row.output),
             error=ErrorInfo.from_text(row.error),
-            started_at=_utc(row.started_at),
-            finished_at=_utc(row.finished_at),
+            started_at=utc(row.started_at),
+            finished_at=utc(row.finished_at),
             attempts=row.attempts,
         )
 
@@ -237,7 +237,8 @@ def decode_inputs(
         raise SerializationError(f"stored workflow inputs are malformed: {exc}") from exc
 
 
-def _lenient(text: str | None) -> Any:
+def lenient(text: str | None) -> Any:
+    """Decode journal JSON for display: unknown classes stay tagged dicts; garbage stays text."""
     if text is None:
         return None
     try:
@@ -246,5 +247,6 @@ def _lenient(text: str | None) -> Any:
         return text
 
 
-def _utc(timestamp: float) -> dt.datetime:
+def utc(timestamp: float) -> dt.datetime:
+    """An epoch timestamp as an aware UTC datetime."""
     return dt.datetime.fromtimestamp(timestamp, dt.UTC)

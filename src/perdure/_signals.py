@@ -14,6 +14,7 @@ from typing import Any
 
 from . import _serialize
 from ._errors import ConfigurationError, PerdureError, SerializationError, WorkflowNotFound
+from ._records import lenient, utc
 from ._waits import decision_message
 from .store import Store
 
@@ -110,23 +111,12 @@ def list_approvals(store: Store, pending_only: bool = True, limit: int = 100) ->
             row.workflow_id,
             row.workflow_name,
             row.name,
-            _lenient(row.details),
+            lenient(row.details),
             row.status,
-            _utc(row.requested_at),
-            None if row.decided_at is None else _utc(row.decided_at),
+            utc(row.requested_at),
+            None if row.decided_at is None else utc(row.decided_at),
             row.decided_by,
             row.comment,
         )
         for row in store.list_approvals(pending_only, limit)
     ]
-
-
-def _lenient(text: str) -> Any:
-    try:
-        return _serialize.loads(text, strict=False)
-    except SerializationError:
-        return text
-
-
-def _utc(timestamp: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC)
