@@ -36,6 +36,7 @@ from ._errors import (
     WorkflowFailedError,
     WorkflowInterrupted,
     WorkflowNotFound,
+    WorkflowSuspended,
 )
 from ._handle import AsyncWorkflowHandle, WorkflowHandle
 from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
@@ -45,7 +46,6 @@ from ._signals import ApprovalInfo, ApprovalNotPending
 from ._steps import now, random, uuid4
 from ._waits import (
     Approval,
-    WorkflowSuspended,
     receive,
     receive_async,
     set_event,

@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import datetime as dt
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -32,6 +33,7 @@ from ._errors import (
     SerializationError,
     WorkflowCancelled,
     WorkflowInterrupted,
+    WorkflowSuspended,
 )
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
@@ -115,7 +117,9 @@ class WorkflowContext:
         self.wake = threading.Event()  # interrupts a sync backoff wait (cancel, shutdown)
         self.compensating = False
         self.suspend_after = suspend_after
-        self.compensations: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+        self.suspended: WorkflowSuspended | None = None  # latched: the run is unloading
+        self.tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self.compensations: list[tuple[tuple[Any, ...], Any, tuple[Any, ...], dict[str, Any]]] = []
         self._attempts: dict[str, list[AttemptRow]] = {}
         for attempt in sorted(attempts or [], key=lambda a: a.attempt):
             self._attempts.setdefault(attempt.key, []).append(attempt)
@@ -148,6 +152,8 @@ class WorkflowContext:
         """
         if self._broken is not None:
             raise self._broken
+        if self.suspended is not None:
+            raise self.suspended  # unloading: no step runs (a finally, a sibling branch)
         row = self._journal.get(key)
         if row is not None and row.name != name:
             self._broken = NonDeterminismError(self.workflow_id, key, row.name, name)
@@ -210,14 +216,23 @@ class WorkflowContext:
         self.cancel_requested = True
         self.wake.set()
 
+    def suspend(self, wait: WorkflowSuspended) -> WorkflowSuspended:
+        """Latch the run's suspension (the first wait wins) and return it, to be raised."""
+        if self.suspended is None:
+            self.suspended = wait
+        return self.suspended
+
     def check_complete(self) -> None:
         """At the end of a run: fail if the journal holds steps the code did not reach.
 
         Raises:
             NonDeterminismError: the code returned before a recorded step.
+            WorkflowSuspended: the run waits (the code swallowed the suspension).
         """
         if self._broken is not None:
             raise self._broken
+        if self.suspended is not None:
+            raise self.suspended
         missed = [row for key, row in self._journal.items() if key not in self._used]
         if missed:
             first = min(missed, key=lambda row: row.position)
@@ -341,6 +356,20 @@ class WorkflowContext:
                 task.uncancel()
             await write_done
 
+    def registration_key(self) -> tuple[Any, ...]:
+        """Where in the run a compensation is registered: the calling branch's path and the
+        count of its step calls so far. Deterministic across replays, whatever the branches'
+        interleaving, so compensations can run in an order a replay reproduces."""
+        branch = _branch.get() or self.root
+        return (*(_natural(part) for part in branch.prefix.split("/") if part), branch.seq)
+
+    def begin_compensation(self) -> None:
+        """Compensations take keys from their own branch (``c/0``, ``c/1``...), independent
+        of where the body stopped, and are not cut short by the cancellation itself."""
+        self.compensating = True
+        self.wake.clear()
+        _branch.set(Branch("c/"))
+
     def final_outcome(self, result: Any) -> tuple[WorkflowStatus, str | None, str | None]:
         """(status, output, error) to store for a run that returned ``result``."""
         self.check_complete()
@@ -394,16 +423,27 @@ def task_factory(previous: Any = None) -> Any:
 
     def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
         ctx = _current.get()
-        if ctx is not None and not _in_step.get():
+        owned = ctx is not None and not _in_step.get()
+        if ctx is not None and owned:
             parent = _branch.get() or ctx.root
             context = kwargs.get("context") or contextvars.copy_context()
             context.run(_branch.set, parent.child())
             kwargs["context"] = context
         if previous is not None:
-            return previous(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
+            task = previous(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        if ctx is not None and owned:
+            ctx.tasks.add(task)
+        return task
 
     return factory
+
+
+def _natural(part: str) -> tuple[int, int]:
+    """A branch path element (``t3``) as a sortable pair."""
+    digits = part.lstrip("t")
+    return (0 if part.startswith("t") else 1, int(digits) if digits.isdigit() else 0)
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -247,3 +247,16 @@ class WorkflowInterrupted(BaseException):
     Raised inside a workflow when the engine shuts down or when another process has taken
     the workflow over. Nothing is recorded: the workflow resumes from its journal elsewhere.
     """
+
+
+class WorkflowSuspended(BaseException):
+    """Unwinds a workflow that waits: it is unloaded until ``wake_at`` or a message."""
+
+    def __init__(
+        self, wake_at: float | None, topic: str | None, deadline_at: float | None = None
+    ) -> None:
+        if deadline_at is not None:  # a run past its deadline must wake to fail
+            wake_at = deadline_at if wake_at is None else min(wake_at, deadline_at)
+        self.wake_at = wake_at
+        self.topic = topic
+        super().__init__(f"suspended until {wake_at} / a message on {topic!r}")

@@ -24,6 +24,7 @@ from ._errors import (
     PerdureError,
     WorkflowCancelled,
     WorkflowCancelledError,
+    WorkflowSuspended,
 )
 from .store import WorkflowStatus
 
@@ -55,7 +56,7 @@ def compensate(step: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
             f"perdure.compensate() needs a @perdure.step function, not {step!r}: the undo "
             "must be journaled so it runs once"
         )
-    ctx.compensations.append((step, args, dict(kwargs)))
+    ctx.compensations.append((ctx.registration_key(), step, args, dict(kwargs)))
 
 
 def run_sync(ctx: WorkflowContext, spec: WorkflowSpec, args: Any, kwargs: Any) -> Outcome:
@@ -84,6 +85,9 @@ async def run_async(
     try:
         try:
             return ctx.final_outcome(await spec.fn(*args, **kwargs))
+        except WorkflowSuspended:
+            await _settle_tasks(ctx)
+            raise
         except (WorkflowCancelled, asyncio.CancelledError) as exc:
             if closing() or not ctx.cancel_requested:
                 if isinstance(exc, asyncio.CancelledError) and not closing():
@@ -102,6 +106,15 @@ async def run_async(
         _context.deactivate(tokens)
 
 
+async def _settle_tasks(ctx: WorkflowContext) -> None:
+    """Before unloading, let the workflow's other tasks reach their next step boundary (the
+    latched suspension stops them there), so no step of theirs is left half done."""
+    current = asyncio.current_task()
+    pending = [task for task in ctx.tasks if task is not current and not task.done()]
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 def _should_compensate(ctx: WorkflowContext, exc: Exception) -> bool:
     # Changed code must not undo work on the strength of a journal it no longer matches.
     return bool(ctx.compensations) and not isinstance(exc, NonDeterminismError)
@@ -112,9 +125,16 @@ def _cancelled(ctx: WorkflowContext) -> Outcome:
     return WorkflowStatus.CANCELLED, None, _serialize.dumps_error(error)
 
 
+def _ordered(ctx: WorkflowContext) -> list[tuple[Any, Any, Any]]:
+    """Compensations newest first, by where they were registered (not by when: branches
+    interleave differently on replay)."""
+    ordered = sorted(ctx.compensations, key=lambda c: c[0], reverse=True)
+    return [(step, args, kwargs) for _, step, args, kwargs in ordered]
+
+
 def _compensate_sync(ctx: WorkflowContext) -> None:
-    ctx.compensating = True
-    for step, args, kwargs in reversed(ctx.compensations):
+    ctx.begin_compensation()
+    for step, args, kwargs in _ordered(ctx):
         if inspect.iscoroutinefunction(step):
             log.error("perdure: %r: async compensation %r skipped in a sync workflow",
                       ctx.workflow_id, step)  # fmt: skip
@@ -126,8 +146,8 @@ def _compensate_sync(ctx: WorkflowContext) -> None:
 
 
 async def _compensate_async(ctx: WorkflowContext) -> None:
-    ctx.compensating = True
-    for step, args, kwargs in reversed(ctx.compensations):
+    ctx.begin_compensation()
+    for step, args, kwargs in _ordered(ctx):
         try:
             result = step(*args, **kwargs)
             if inspect.isawaitable(result):

@@ -23,10 +23,9 @@ from . import _context, _runner
 from ._clock import Clock
 from ._context import WorkflowContext
 from ._decorators import WorkflowSpec
-from ._errors import EngineClosedError, PerdureError, WorkflowInterrupted
+from ._errors import EngineClosedError, PerdureError, WorkflowInterrupted, WorkflowSuspended
 from ._retry import RetryPolicy
 from ._threads import DaemonPool
-from ._waits import WorkflowSuspended
 from .store import Lease, Store, WorkflowRow
 
 log = logging.getLogger("perdure")

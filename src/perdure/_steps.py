@@ -23,7 +23,12 @@ from typing import Any, NoReturn
 from . import _serialize
 from ._context import WorkflowContext, _in_step, current
 from ._decorators import StepSpec
-from ._errors import StepFailedError, StepTimeoutError, WorkflowCancelled
+from ._errors import (
+    NonDeterminismError,
+    StepFailedError,
+    StepTimeoutError,
+    WorkflowCancelled,
+)
 from ._retry import NO_RETRY, decide
 from .store import AttemptRow, StepRow
 
@@ -73,6 +78,14 @@ def _plan(
     return _GiveUp(ctx.failure_row(key, spec.name, final, started, attempt), final)
 
 
+def _earlier_attempts(ctx: WorkflowContext, key: str, spec: StepSpec) -> list[AttemptRow]:
+    """The journaled failed attempts of this call, checked to belong to this step."""
+    earlier = ctx.attempts(key)
+    if earlier and earlier[0].name != spec.name:
+        raise NonDeterminismError(ctx.workflow_id, key, earlier[0].name, spec.name)
+    return earlier
+
+
 # -- sync ----------------------------------------------------------------------------------
 
 
@@ -85,7 +98,7 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
     row = ctx.lookup(key, spec.name)
     if row is not None:
         return ctx.replay(row, spec.return_hint())
-    earlier = ctx.attempts(key)
+    earlier = _earlier_attempts(ctx, key, spec)
     while True:
         if earlier:
             ctx.clock.sleep(earlier[-1].retry_at - ctx.clock.time(), ctx.wake)
@@ -161,7 +174,7 @@ async def _run_step_async(
     row = ctx.lookup(key, spec.name)
     if row is not None:
         return ctx.replay(row, spec.return_hint())
-    earlier = ctx.attempts(key)
+    earlier = _earlier_attempts(ctx, key, spec)
     while True:
         try:
             if earlier:

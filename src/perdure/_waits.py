@@ -23,23 +23,10 @@ from typing import Any
 from . import _serialize
 from ._context import WorkflowContext, current
 from ._decorators import StepSpec
-from ._errors import PerdureError, SerializationError
+from ._errors import PerdureError, SerializationError, WorkflowSuspended
 from ._retry import NO_RETRY
 from ._steps import call_step_async, call_step_sync
 from .store import ApprovalRow, approval_topic
-
-
-class WorkflowSuspended(BaseException):
-    """Unwinds a workflow that waits: it is unloaded until ``wake_at`` or a message."""
-
-    def __init__(
-        self, wake_at: float | None, topic: str | None, deadline_at: float | None = None
-    ) -> None:
-        if deadline_at is not None:  # a run past its deadline must wake to fail
-            wake_at = deadline_at if wake_at is None else min(wake_at, deadline_at)
-        self.wake_at = wake_at
-        self.topic = topic
-        super().__init__(f"suspended until {wake_at} / a message on {topic!r}")
 
 
 @dataclass(frozen=True)
@@ -106,8 +93,14 @@ def sleep(duration: float | dt.timedelta) -> None:
 
 
 def sleep_until(when: dt.datetime) -> None:
-    """Wait durably until ``when`` (a timezone-aware datetime)."""
-    sleep(_until(when))
+    """Wait durably until ``when`` (a timezone-aware datetime, read as engine-clock time)."""
+    ctx = current()
+    target = _timestamp(when)
+    if ctx is None:
+        time.sleep(max(0.0, target - time.time()))
+        return
+    spec = StepSpec("perdure.sleep", lambda: target, float, True, retry=NO_RETRY)
+    _wait_sync(ctx, float(call_step_sync(spec, (), {})))
 
 
 async def sleep_async(duration: float | dt.timedelta) -> None:
@@ -125,13 +118,21 @@ async def sleep_async(duration: float | dt.timedelta) -> None:
 
 async def sleep_until_async(when: dt.datetime) -> None:
     """:func:`sleep_until` for async workflows."""
-    await sleep_async(_until(when))
+    ctx = current()
+    target = _timestamp(when)
+    if ctx is None:
+        import asyncio
+
+        await asyncio.sleep(max(0.0, target - time.time()))
+        return
+    spec = StepSpec("perdure.sleep", lambda: _async_value(target), float, True, retry=NO_RETRY)
+    await _wait_async(ctx, float(await call_step_async(spec, (), {})))
 
 
-def _until(when: dt.datetime) -> float:
+def _timestamp(when: dt.datetime) -> float:
     if when.tzinfo is None:
         raise PerdureError("sleep_until needs a timezone-aware datetime (e.g. with tz=UTC)")
-    return when.timestamp() - time.time()
+    return when.timestamp()
 
 
 def _wait_sync(ctx: WorkflowContext, wake_at: float) -> None:
@@ -144,7 +145,7 @@ def _wait_sync(ctx: WorkflowContext, wake_at: float) -> None:
         ctx.check_can_start_step()
         if ctx.clock.time() >= wake_at:
             return
-    raise WorkflowSuspended(wake_at, None, ctx.deadline_at)
+    raise ctx.suspend(WorkflowSuspended(wake_at, None, ctx.deadline_at))
 
 
 async def _wait_async(ctx: WorkflowContext, wake_at: float) -> None:
@@ -157,7 +158,7 @@ async def _wait_async(ctx: WorkflowContext, wake_at: float) -> None:
         ctx.check_can_start_step()
         if ctx.clock.time() >= wake_at:
             return
-    raise WorkflowSuspended(wake_at, None, ctx.deadline_at)
+    raise ctx.suspend(WorkflowSuspended(wake_at, None, ctx.deadline_at))
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def receive(topic: str, timeout: float | dt.timedelta | None = None) -> Any:
     got, value = _try_receive(ctx, key, topic, deadline)
     if got:
         return value
-    raise WorkflowSuspended(deadline, topic, ctx.deadline_at)
+    raise ctx.suspend(WorkflowSuspended(deadline, topic, ctx.deadline_at))
 
 
 async def receive_async(topic: str, timeout: float | dt.timedelta | None = None) -> Any:
@@ -208,7 +209,7 @@ async def receive_async(topic: str, timeout: float | dt.timedelta | None = None)
     got, value = _try_receive(ctx, key, topic, deadline)  # one short write, like a commit
     if got:
         return value
-    raise WorkflowSuspended(deadline, topic, ctx.deadline_at)
+    raise ctx.suspend(WorkflowSuspended(deadline, topic, ctx.deadline_at))
 
 
 def _try_receive(
