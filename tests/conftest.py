@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -17,8 +18,11 @@ APPS = Path(__file__).parent / "apps"
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """A database URL for a fresh SQLite file in the test's temporary folder."""
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for a fresh SQLite file in the test's temporary folder (or, with
+    ``PERDURE_TEST_BACKEND=postgres``, a fresh PostgreSQL schema: an experimental mode)."""
+    if os.environ.get("PERDURE_TEST_BACKEND") == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     return f"sqlite:///{tmp_path / 'perdure.db'}"
 
 
@@ -46,3 +50,52 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.005)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get(
+    "PERDURE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@functools.cache
+def _postgres_unavailable() -> str | None:
+    """Why the test PostgreSQL cannot be used (checked once per session), or None."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - dev installs have it
+        return f"psycopg is not installed: {exc}"
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}"
+    return None
+
+
+def _postgres_or_skip() -> None:
+    """Skip (or, in CI, fail) the test when the test PostgreSQL cannot be reached."""
+    reason = _postgres_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason)
+    print(f"skipping: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose ``?schema=`` is a fresh schema, dropped after the test."""
+    _postgres_or_skip()
+    import uuid
+
+    import psycopg
+
+    schema = f"perdure_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{sep}schema={schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

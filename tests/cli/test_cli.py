@@ -938,10 +938,16 @@ def test_unreadable_database_exits_3(tmp_path: Path) -> None:
 
 
 def test_bad_database_url_is_a_usage_error(tmp_path: Path) -> None:
-    for url in ("app.db", "postgres://localhost/app"):
+    for url in ("app.db", "mysql://localhost/app"):
         done = perdure("list", "--db", url, cwd=tmp_path)
         assert done.returncode == 2
         _one_error_line(done)
+
+
+def test_unreachable_postgres_exits_3(tmp_path: Path) -> None:
+    done = perdure("list", "--db", "postgresql://postgres@127.0.0.1:1/app", cwd=tmp_path)
+    assert done.returncode == 3, done
+    assert "cannot open PostgreSQL" in _one_error_line(done)
 
 
 def test_usage_errors_exit_2(db: Db) -> None:

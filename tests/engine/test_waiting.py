@@ -170,7 +170,8 @@ def test_an_unanswered_approval_times_out_in_three_days_of_fake_time(
     engine: perdure.Engine, clock: FakeClock
 ) -> None:
     handle = engine.start(approval_flow, 1)
-    wait_until(lambda: len(engine.pending_approvals()) == 1)
+    # WAITING, not just "requested": the receive's deadline is journaled only after the request
+    wait_until(lambda: handle.status() is perdure.WorkflowStatus.WAITING)
     clock.advance(3 * 86400)
     assert handle.result(timeout=10) == {"outcome": "escalated"}
     assert engine.pending_approvals() == []

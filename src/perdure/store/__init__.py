@@ -1,7 +1,7 @@
 """The storage boundary: the ``Store`` protocol, its rows, and ``open_store(url)``.
 
 The engine talks to a database only through :class:`Store`. Backends live beside this file
-(``sqlite.py`` now; ``postgres.py`` later) and pass one conformance suite.
+(``sqlite.py``, ``postgres.py``) and pass one conformance suite.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def open_store(url: str, *, durability: Literal["full", "normal"] = "full") -> S
     """Open (and migrate) the store a URL names.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``
-    are understood.
+    are understood, and ``postgresql://user@host:port/dbname`` (also ``postgres://``; an optional
+    ``?schema=NAME`` puts perdure's tables in that PostgreSQL schema), which needs the
+    ``postgres`` extra (``pip install 'perdure[postgres]'``).
 
     Raises:
         ConfigurationError: the URL's scheme is not supported.
@@ -66,6 +68,22 @@ def open_store(url: str, *, durability: Literal["full", "normal"] = "full") -> S
         store = SQLiteStore(unquote(rest[1:]), durability=durability)
         store.migrate()
         return store
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"PostgreSQL URL {url!r} needs psycopg 3 and psycopg_pool, which are not "
+                f"installed ({exc}): pip install 'perdure[postgres]'"
+            ) from exc
+        pg = PostgresStore(url)
+        try:
+            pg.migrate()
+        except BaseException:
+            pg.close()
+            raise
+        return pg
     raise ConfigurationError(
-        f"database URL scheme {scheme!r} is not supported (yet): use sqlite:///path/to/file.db"
+        f"database URL scheme {scheme!r} is not supported: use sqlite:///path/to/file.db or "
+        "postgresql://user@host/dbname"
     )

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .._errors import ConfigurationError, CorruptRecordError, StoreError, StoreUnavailableError
+from .._errors import ConfigurationError, StoreError, StoreUnavailableError
 from ._migrations import load_migrations
 from ._protocol import (
     ApprovalRow,
@@ -28,36 +28,33 @@ from ._protocol import (
     Lease,
     OwnershipLost,
     StepRow,
-    StepStatus,
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
     approval_topic,
 )
+from ._rows import (
+    APPROVAL_COLUMNS,
+    ATTEMPT_COLUMNS,
+    RUNNABLE,
+    STEP_COLUMNS,
+    UNFINISHED,
+    WF_COLUMNS,
+    attempt_rows,
+    step_row,
+    workflow_row,
+    workflow_values,
+)
 
 T = TypeVar("T")
 
-_WF_COLUMNS = (
-    "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch, "
-    "cancel_requested, deadline_at, stalls, wake_at, wait_topic"
-)
-_APPROVAL_COLUMNS = (
-    "approvals.workflow_id, approvals.name, details, approvals.status, requested_at, "
-    "decided_at, decided_by, comment, workflows.name"
-)
-_ATTEMPT_COLUMNS = "workflow_id, key, attempt, name, error, started_at, failed_at, retry_at"
-_STEP_COLUMNS = (
-    "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts"
-)
-_UNFINISHED = "status IN ('PENDING', 'RUNNING', 'WAITING')"
-_RUNNABLE = "status IN ('PENDING', 'RUNNING')"
 _CLAIMABLE = (
-    f"{_RUNNABLE} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
+    f"{RUNNABLE} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
     "(SELECT id FROM workers WHERE expires_at >= :now))"
 )
 _STEP_COUNT = "SELECT COUNT(*) FROM steps WHERE steps.workflow_id = workflows.id"
 _APPEND_SQL = (
-    f"INSERT INTO steps ({_STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS "
+    f"INSERT INTO steps ({STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS "
     "(SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?) ON CONFLICT DO NOTHING"
 )
 
@@ -171,16 +168,16 @@ class SQLiteStore:
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
-                f"INSERT INTO workflows ({_WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO workflows ({WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (id) DO NOTHING",
-                _workflow_values(row),
+                workflow_values(row),
             )
             if cur.rowcount == 1:
                 return row, True
             found = conn.execute(
-                f"SELECT {_WF_COLUMNS} FROM workflows WHERE id = ?", (row.id,)
+                f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (row.id,)
             ).fetchone()
-            return _workflow_row(found), False
+            return workflow_row(found), False
 
         return self._run(create)
 
@@ -188,10 +185,10 @@ class SQLiteStore:
         """Return the workflow with this id, or None."""
         found = self._run(
             lambda c: c.execute(
-                f"SELECT {_WF_COLUMNS} FROM workflows WHERE id = ?", (workflow_id,)
+                f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (workflow_id,)
             ).fetchone()
         )
-        return None if found is None else _workflow_row(found)
+        return None if found is None else workflow_row(found)
 
     def list_workflows(
         self, status: WorkflowStatus | None, name: str | None, limit: int
@@ -205,9 +202,9 @@ class SQLiteStore:
             clauses.append("name = ?")
             params.append(name)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_WF_COLUMNS} FROM workflows {where} ORDER BY created_at DESC LIMIT ?"
+        sql = f"SELECT {WF_COLUMNS} FROM workflows {where} ORDER BY created_at DESC LIMIT ?"
         rows = self._run(lambda c: c.execute(sql, (*params, limit)).fetchall())
-        return [_workflow_row(r) for r in rows]
+        return [workflow_row(r) for r in rows]
 
     def finish_workflow(
         self,
@@ -256,7 +253,7 @@ class SQLiteStore:
         cur = self._run(
             lambda c: c.execute(
                 "UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ? "
-                f"WHERE id = ? AND owner = ? AND epoch = ? AND {_UNFINISHED}",
+                f"WHERE id = ? AND owner = ? AND epoch = ? AND {UNFINISHED}",
                 (time.time(), workflow_id, lease.owner, lease.epoch),
             )
         )
@@ -268,11 +265,11 @@ class SQLiteStore:
         """The workflow's journal, by position."""
         rows = self._run(
             lambda c: c.execute(
-                f"SELECT {_STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY position, key",
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = ? ORDER BY position, key",
                 (workflow_id,),
             ).fetchall()
         )
-        return [_step_row(r) for r in rows]
+        return [step_row(r) for r in rows]
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
         """Commit one journal entry, fenced on the lease, in one statement and one fsync."""
@@ -294,7 +291,7 @@ class SQLiteStore:
             row.failed_at, row.retry_at, row.workflow_id, lease.owner, lease.epoch,
         )  # fmt: skip
         sql = (
-            f"INSERT INTO step_attempts ({_ATTEMPT_COLUMNS}) SELECT ?,?,?,?,?,?,?,? WHERE EXISTS "
+            f"INSERT INTO step_attempts ({ATTEMPT_COLUMNS}) SELECT ?,?,?,?,?,?,?,? WHERE EXISTS "
             "(SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?) "
             "ON CONFLICT DO NOTHING"
         )
@@ -308,20 +305,12 @@ class SQLiteStore:
         """Every recorded failed attempt of the workflow."""
         rows = self._run(
             lambda c: c.execute(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM step_attempts WHERE workflow_id = ? "
+                f"SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE workflow_id = ? "
                 "ORDER BY failed_at, key, attempt",
                 (workflow_id,),
             ).fetchall()
         )
-        try:
-            return [
-                AttemptRow(r[0], r[1], int(r[2]), r[3], r[4], float(r[5]), float(r[6]), float(r[7]))
-                for r in rows
-            ]
-        except (TypeError, ValueError) as exc:
-            raise CorruptRecordError(
-                f"an attempt row of workflow {workflow_id!r} cannot be read: {exc}"
-            ) from exc
+        return attempt_rows(workflow_id, rows)
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -331,9 +320,12 @@ class SQLiteStore:
         """Unload a waiting workflow (WAITING, no owner), fenced on the lease."""
         cur = self._run(
             lambda c: c.execute(
-                "UPDATE workflows SET status = 'WAITING', owner = NULL, wake_at = ?, "
+                # A cancellation asked before the suspension wakes it at once (wake_at = 0,
+                # as request_cancel does for a workflow already waiting).
+                "UPDATE workflows SET status = 'WAITING', owner = NULL, wake_at = CASE WHEN "
+                "cancel_requested = 1 THEN 0 ELSE ? END, "
                 "wait_topic = ?, updated_at = ? WHERE id = ? AND owner = ? AND epoch = ? "
-                f"AND {_RUNNABLE}",
+                f"AND {RUNNABLE}",
                 (wake_at, topic, time.time(), workflow_id, lease.owner, lease.epoch),
             )
         )
@@ -360,14 +352,14 @@ class SQLiteStore:
             "UNION SELECT m.workflow_id FROM messages m WHERE m.consumed_by IS NULL AND EXISTS "
             "(SELECT 1 FROM workflows w WHERE w.id = m.workflow_id AND w.status = 'WAITING' "
             f"AND w.wait_topic = m.topic AND w.name IN ({wanted})) LIMIT :limit) "
-            f"RETURNING {_WF_COLUMNS}"
+            f"RETURNING {WF_COLUMNS}"
         )
 
         def claim(conn: sqlite3.Connection) -> list[Any]:
             with self._transaction(conn):
                 return conn.execute(sql, params).fetchall()
 
-        return [_workflow_row(r) for r in self._run(claim)]
+        return [workflow_row(r) for r in self._run(claim)]
 
     def next_wake(self, names: Collection[str]) -> float | None:
         """The earliest timer among WAITING workflows of these names."""
@@ -423,7 +415,7 @@ class SQLiteStore:
                     "UPDATE messages SET consumed_by = ? WHERE seq = ?", (step.key, found[0])
                 )
                 conn.execute(
-                    f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (step.workflow_id, step.position, step.key, step.name, step.status.value,
                      found[1], None, step.started_at, step.finished_at, step.attempts),
                 )  # fmt: skip
@@ -507,7 +499,7 @@ class SQLiteStore:
         order = "" if pending_only else "DESC"  # the oldest waiting first; else the newest
         rows = self._run(
             lambda c: c.execute(
-                f"SELECT {_APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
+                f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
                 f"workflows.id = approvals.workflow_id {where} ORDER BY requested_at {order} "
                 "LIMIT ?",
                 (limit,),
@@ -521,22 +513,22 @@ class SQLiteStore:
         def flag(conn: sqlite3.Connection) -> Any:
             conn.execute(
                 "UPDATE workflows SET cancel_requested = 1, updated_at = ?, wake_at = CASE "
-                f"WHEN status = 'WAITING' THEN 0 ELSE wake_at END WHERE id = ? AND {_UNFINISHED}",
+                f"WHEN status = 'WAITING' THEN 0 ELSE wake_at END WHERE id = ? AND {UNFINISHED}",
                 (time.time(), workflow_id),
             )
             return conn.execute(
-                f"SELECT {_WF_COLUMNS} FROM workflows WHERE id = ?", (workflow_id,)
+                f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (workflow_id,)
             ).fetchone()
 
         found = self._run(flag)
-        return None if found is None else _workflow_row(found)
+        return None if found is None else workflow_row(found)
 
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
         rows = self._run(
             lambda c: c.execute(
                 f"SELECT id FROM workflows WHERE owner = ? AND cancel_requested = 1 "
-                f"AND {_UNFINISHED}",
+                f"AND {UNFINISHED}",
                 (worker_id,),
             ).fetchall()
         )
@@ -591,14 +583,14 @@ class SQLiteStore:
             f"claimed_steps = ({_STEP_COUNT}) "
             f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
             f"AND name IN ({wanted}) {only} ORDER BY created_at LIMIT :limit) "
-            f"RETURNING {_WF_COLUMNS}"
+            f"RETURNING {WF_COLUMNS}"
         )
 
         def claim(conn: sqlite3.Connection) -> list[Any]:
             with self._transaction(conn):
                 return conn.execute(sql, params).fetchall()
 
-        return [_workflow_row(r) for r in self._run(claim)]
+        return [workflow_row(r) for r in self._run(claim)]
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name."""
@@ -617,7 +609,7 @@ class SQLiteStore:
             with self._transaction(conn):
                 count = conn.execute(
                     f"UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ? "
-                    f"WHERE owner = ? AND {_UNFINISHED}",
+                    f"WHERE owner = ? AND {UNFINISHED}",
                     (time.time(), worker_id),
                 ).rowcount
                 conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
@@ -634,7 +626,7 @@ class SQLiteStore:
         self._run(
             lambda c: c.execute(
                 f"DELETE FROM workers WHERE id IN ({ids}) AND id NOT IN "
-                f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {_UNFINISHED})",
+                f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {UNFINISHED})",
                 params,
             )
         )
@@ -647,68 +639,3 @@ def _named_list(params: dict[str, Any], prefix: str, values: Collection[str]) ->
         params[f"{prefix}{i}"] = value
         names.append(f":{prefix}{i}")
     return ", ".join(names) or "NULL"
-
-
-def _workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
-    return (
-        row.id,
-        row.name,
-        row.status.value,
-        row.inputs,
-        row.output,
-        row.error,
-        row.owner,
-        row.created_at,
-        row.updated_at,
-        row.recoveries,
-        row.epoch,
-        int(row.cancel_requested),
-        row.deadline_at,
-        row.stalls,
-        row.wake_at,
-        row.wait_topic,
-    )
-
-
-def _workflow_row(r: Sequence[Any]) -> WorkflowRow:
-    try:
-        return WorkflowRow(
-            id=r[0],
-            name=r[1],
-            status=WorkflowStatus(r[2]),
-            inputs=r[3],
-            output=r[4],
-            error=r[5],
-            owner=r[6],
-            created_at=float(r[7]),
-            updated_at=float(r[8]),
-            recoveries=int(r[9]),
-            epoch=int(r[10]),
-            cancel_requested=bool(r[11]),
-            deadline_at=None if r[12] is None else float(r[12]),
-            stalls=int(r[13]),
-            wake_at=None if r[14] is None else float(r[14]),
-            wait_topic=r[15],
-        )
-    except (ValueError, TypeError) as exc:
-        raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc
-
-
-def _step_row(r: Sequence[Any]) -> StepRow:
-    try:
-        return StepRow(
-            workflow_id=r[0],
-            position=int(r[1]),
-            key=str(r[2]),
-            name=r[3],
-            status=StepStatus(r[4]),
-            output=r[5],
-            error=r[6],
-            started_at=float(r[7]),
-            finished_at=float(r[8]),
-            attempts=int(r[9]),
-        )
-    except (ValueError, TypeError) as exc:
-        raise CorruptRecordError(
-            f"journal row {r[2]!r} of workflow {r[0]!r} cannot be read: {exc}"
-        ) from exc

@@ -1,0 +1,109 @@
+"""Row conversion shared by the SQL stores: domain rows to and from database tuples.
+
+A row that cannot be read (an unknown status, a time that is not a number) raises
+:class:`~perdure.CorruptRecordError` naming it, whatever the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import CorruptRecordError
+from ._protocol import AttemptRow, StepRow, StepStatus, WorkflowRow, WorkflowStatus
+
+WF_COLUMNS = (
+    "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch, "
+    "cancel_requested, deadline_at, stalls, wake_at, wait_topic"
+)
+APPROVAL_COLUMNS = (
+    "approvals.workflow_id, approvals.name, details, approvals.status, requested_at, "
+    "decided_at, decided_by, comment, workflows.name"
+)
+ATTEMPT_COLUMNS = "workflow_id, key, attempt, name, error, started_at, failed_at, retry_at"
+STEP_COLUMNS = (
+    "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts"
+)
+UNFINISHED = "status IN ('PENDING', 'RUNNING', 'WAITING')"
+RUNNABLE = "status IN ('PENDING', 'RUNNING')"
+
+
+def workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
+    """The values of ``row`` in ``WF_COLUMNS`` order."""
+    return (
+        row.id,
+        row.name,
+        row.status.value,
+        row.inputs,
+        row.output,
+        row.error,
+        row.owner,
+        row.created_at,
+        row.updated_at,
+        row.recoveries,
+        row.epoch,
+        int(row.cancel_requested),
+        row.deadline_at,
+        row.stalls,
+        row.wake_at,
+        row.wait_topic,
+    )
+
+
+def workflow_row(r: Sequence[Any]) -> WorkflowRow:
+    """A workflow row from a tuple in ``WF_COLUMNS`` order."""
+    try:
+        return WorkflowRow(
+            id=r[0],
+            name=r[1],
+            status=WorkflowStatus(r[2]),
+            inputs=r[3],
+            output=r[4],
+            error=r[5],
+            owner=r[6],
+            created_at=float(r[7]),
+            updated_at=float(r[8]),
+            recoveries=int(r[9]),
+            epoch=int(r[10]),
+            cancel_requested=bool(r[11]),
+            deadline_at=None if r[12] is None else float(r[12]),
+            stalls=int(r[13]),
+            wake_at=None if r[14] is None else float(r[14]),
+            wait_topic=r[15],
+        )
+    except (ValueError, TypeError) as exc:
+        raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc
+
+
+def step_row(r: Sequence[Any]) -> StepRow:
+    """A journal row from a tuple in ``STEP_COLUMNS`` order."""
+    try:
+        return StepRow(
+            workflow_id=r[0],
+            position=int(r[1]),
+            key=str(r[2]),
+            name=r[3],
+            status=StepStatus(r[4]),
+            output=r[5],
+            error=r[6],
+            started_at=float(r[7]),
+            finished_at=float(r[8]),
+            attempts=int(r[9]),
+        )
+    except (ValueError, TypeError) as exc:
+        raise CorruptRecordError(
+            f"journal row {r[2]!r} of workflow {r[0]!r} cannot be read: {exc}"
+        ) from exc
+
+
+def attempt_rows(workflow_id: str, rows: Sequence[Sequence[Any]]) -> list[AttemptRow]:
+    """Attempt rows from tuples in ``ATTEMPT_COLUMNS`` order."""
+    try:
+        return [
+            AttemptRow(r[0], r[1], int(r[2]), r[3], r[4], float(r[5]), float(r[6]), float(r[7]))
+            for r in rows
+        ]
+    except (TypeError, ValueError) as exc:
+        raise CorruptRecordError(
+            f"an attempt row of workflow {workflow_id!r} cannot be read: {exc}"
+        ) from exc
