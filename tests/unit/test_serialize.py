@@ -22,7 +22,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from perdure import SerializationError
@@ -304,6 +304,8 @@ def test_set_encoding_does_not_depend_on_insertion_order(items: list[Any]) -> No
     for item in reversed(items):
         backward.add(item)
     assert forward == backward
+    # {False, 0} keeps whichever equal element came first: those sets hold different values
+    assume(sorted(map(repr, forward)) == sorted(map(repr, backward)))
     assert ser.dumps(forward) == ser.dumps(backward)
     assert ser.dumps(frozenset(forward)) == ser.dumps(frozenset(backward))
 
