@@ -133,7 +133,8 @@ class Engine:
         self._store: Store | None = None
         self._maintenance: threading.Thread | None = None
         self._reported: dict[str, float] = {}
-        self._unreleased: dict[str, Lease] = {}  # runs that stopped early; release retried
+        # runs that stopped early, whose release failed: retried by the maintenance loop
+        self._unreleased: dict[str, tuple[Lease, bool]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -529,14 +530,15 @@ class Engine:
         except WorkflowInterrupted:
             self._give_back(row.id, lease)
 
-    def _give_back(self, workflow_id: str, lease: Lease) -> None:
-        """Release a workflow this engine holds but will not run; retried until it works."""
+    def _give_back(self, workflow_id: str, lease: Lease, stalled: bool = False) -> None:
+        """Release a workflow this engine holds but will not run; retried until it works.
+        ``stalled``: the run crashed, which counts toward dead-lettering a poison workflow."""
         try:
             assert self._store is not None
-            self._store.release_workflow(workflow_id, lease)
+            self._store.release_workflow(workflow_id, lease, stalled)
             self._unreleased.pop(workflow_id, None)
         except PerdureError:
-            self._unreleased[workflow_id] = lease
+            self._unreleased[workflow_id] = (lease, stalled)
 
     def _report_unregistered(self, dead: list[str]) -> None:
         orphans = self.store.orphaned_names(self.worker.id, dead)
@@ -558,8 +560,8 @@ class Engine:
                 self.store.heartbeat(self.worker, self._lease)
                 for workflow_id in self.store.cancel_requests(self.worker.id):
                     self._signal_cancel(workflow_id)
-                for workflow_id, lease in list(self._unreleased.items()):
-                    self._give_back(workflow_id, lease)
+                for workflow_id, (lease, stalled) in list(self._unreleased.items()):
+                    self._give_back(workflow_id, lease, stalled)
                 if self._auto_recover and time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self._recovery_interval
                     self.recover()

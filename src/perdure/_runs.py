@@ -53,7 +53,8 @@ class Runner:
         clock: the engine's clock.
         retry: the default retry policy.
         closing: set when the engine stops.
-        give_back: called with (workflow id, lease) for a run that ended without outcome.
+        give_back: called with (workflow id, lease, crashed) for a run that ended without an
+            outcome; ``crashed`` when it died on an engine-level error (counts as a stall).
         loop: the caller's event loop (AsyncEngine), or None to start a loop thread.
     """
 
@@ -65,7 +66,7 @@ class Runner:
         clock: Clock,
         retry: RetryPolicy,
         closing: threading.Event,
-        give_back: Callable[[str, Lease], None],
+        give_back: Callable[[str, Lease, bool], None],
         loop: asyncio.AbstractEventLoop | None,
         suspend_after: float = 0.5,
     ) -> None:
@@ -215,7 +216,7 @@ class Runner:
         kwargs: dict[str, Any],
         run: Run,
     ) -> None:
-        finished = False
+        finished = crashed = False
         try:
             ctx = self._context(row, lease, run)
             self.finish(row.id, lease, _runner.run_sync(ctx, spec, args, kwargs))
@@ -225,9 +226,10 @@ class Runner:
         except WorkflowInterrupted:
             pass
         except BaseException:
+            crashed = True
             self._log_crash(row.id)
         finally:
-            self._end(run, lease, finished)
+            self._end(run, lease, finished, crashed)
 
     async def _run_async(
         self,
@@ -239,7 +241,7 @@ class Runner:
         run: Run,
     ) -> None:
         loop = asyncio.get_running_loop()
-        finished = False
+        finished = crashed = False
         try:
             ctx = await loop.run_in_executor(self._io, self._context, row, lease, run)
             try:
@@ -252,9 +254,10 @@ class Runner:
         except (WorkflowInterrupted, asyncio.CancelledError):
             pass
         except BaseException:
+            crashed = True
             self._log_crash(row.id)
         finally:
-            self._end(run, lease, finished)
+            self._end(run, lease, finished, crashed)
 
     def finish(self, workflow_id: str, lease: Lease, outcome: Outcome) -> None:
         """Store a run's outcome, fenced on its lease.
@@ -289,11 +292,11 @@ class Runner:
             return  # the store went away under a run abandoned at shutdown: resumes later
         log.exception("perdure: workflow %r stopped on an engine error; it resumes", workflow_id)
 
-    def _end(self, run: Run, lease: Lease, finished: bool) -> None:
+    def _end(self, run: Run, lease: Lease, finished: bool, crashed: bool = False) -> None:
         """A run ended: if it left its workflow unfinished (interrupted, crashed), give the
         workflow back so a sweep resumes it, unless the whole engine is releasing."""
         if not finished and not self._closing.is_set():
-            self._give_back(run.workflow_id, lease)
+            self._give_back(run.workflow_id, lease, crashed)
         self._forget(run)
 
     def _forget(self, run: Run) -> None:

@@ -476,3 +476,30 @@ def test_resume_runs_a_failed_workflow_again_from_its_journal(engine: perdure.En
     assert ledger == ["book desk"]  # the booking replayed from the journal, not run again
     with pytest.raises(perdure.ConfigurationError, match="only ERROR, CANCELLED and DEAD_LETTER"):
         engine.resume(handle.id)
+
+
+class EngineLevelCrash(BaseException):
+    """Escapes workflow code like an engine-level failure (not an ordinary exception)."""
+
+
+@perdure.step
+def explodes() -> None:
+    calls["explodes"] += 1
+    raise EngineLevelCrash("dies every time")
+
+
+@perdure.workflow(name="fail_crash_loop")
+def crash_loop() -> None:
+    explodes()
+
+
+def test_a_run_that_crashes_every_time_in_process_is_dead_lettered(db_url: str) -> None:
+    with perdure.Engine(
+        db_url, max_recoveries=2, recovery_interval=0.1, heartbeat_interval=0.05,
+        lease_seconds=1,
+    ) as engine:  # fmt: skip
+        handle = engine.start(crash_loop)
+        with pytest.raises(perdure.DeadLetteredError, match="limit 2"):
+            handle.result(timeout=20)
+        assert handle.status() is perdure.WorkflowStatus.DEAD_LETTER
+    assert calls["explodes"] == 3  # the first run and two more, never a crash loop

@@ -300,7 +300,7 @@ class Store(Protocol):
         Returns whether it was reset (False: unknown, or not in one of those states).
         """
 
-    def release_workflow(self, workflow_id: str, lease: Lease) -> bool:
+    def release_workflow(self, workflow_id: str, lease: Lease, stalled: bool = False) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current.
 
         Returns whether it was released.
@@ -327,7 +327,8 @@ class Store(Protocol):
         ``expires_at`` is still ahead. Claimed rows become RUNNING, owned by ``worker_id``,
         with a new epoch; ``recoveries`` grows by one for rows taken from another worker (not
         for rows a stopping worker released), and ``stalls`` counts such takeovers in a row
-        with no new journal entry since the previous claim (it restarts at 1 on progress).
+        with no new journal entry since the previous claim (it restarts at 1 on progress);
+        a release with ``stalled=True`` (a run that crashed in-process) counts as one too.
         """
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:

@@ -322,13 +322,14 @@ class PostgresStore:
             == 1
         )
 
-    def release_workflow(self, workflow_id: str, lease: Lease) -> bool:
+    def release_workflow(self, workflow_id: str, lease: Lease, stalled: bool = False) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current."""
         return (
             self._rowcount(
-                f"UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = {_NOW} "
-                f"WHERE id = %s AND owner = %s AND epoch = %s AND {UNFINISHED}",
-                (workflow_id, lease.owner, lease.epoch),
+                f"UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = {_NOW}, "
+                f"stalls = stalls + %s WHERE id = %s AND owner = %s AND epoch = %s "
+                f"AND {UNFINISHED}",
+                (int(stalled), workflow_id, lease.owner, lease.epoch),
             )
             == 1
         )
@@ -627,7 +628,8 @@ class PostgresStore:
         query = (
             f"UPDATE workflows SET owner = %(me)s, status = 'RUNNING', updated_at = {_NOW}, "
             "recoveries = recoveries + (owner IS NOT NULL)::int, epoch = epoch + 1, "
-            "stalls = CASE WHEN owner IS NULL THEN stalls WHEN "
+            "stalls = CASE WHEN owner IS NULL THEN (CASE WHEN stalls > 0 AND "
+            f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls END) WHEN "
             f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls + 1 END, "
             f"claimed_steps = ({_STEP_COUNT}) "
             f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE} "

@@ -248,13 +248,13 @@ class SQLiteStore:
         )
         return bool(cur.rowcount == 1)
 
-    def release_workflow(self, workflow_id: str, lease: Lease) -> bool:
+    def release_workflow(self, workflow_id: str, lease: Lease, stalled: bool = False) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current."""
         cur = self._run(
             lambda c: c.execute(
-                "UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ? "
-                f"WHERE id = ? AND owner = ? AND epoch = ? AND {UNFINISHED}",
-                (time.time(), workflow_id, lease.owner, lease.epoch),
+                "UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ?, "
+                f"stalls = stalls + ? WHERE id = ? AND owner = ? AND epoch = ? AND {UNFINISHED}",
+                (time.time(), int(stalled), workflow_id, lease.owner, lease.epoch),
             )
         )
         return bool(cur.rowcount == 1)
@@ -578,7 +578,8 @@ class SQLiteStore:
         sql = (
             "UPDATE workflows SET owner = :me, status = 'RUNNING', updated_at = :now, "
             "recoveries = recoveries + (owner IS NOT NULL), epoch = epoch + 1, "
-            "stalls = CASE WHEN owner IS NULL THEN stalls WHEN "
+            "stalls = CASE WHEN owner IS NULL THEN (CASE WHEN stalls > 0 AND "
+            f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls END) WHEN "
             f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls + 1 END, "
             f"claimed_steps = ({_STEP_COUNT}) "
             f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
