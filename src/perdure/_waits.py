@@ -296,11 +296,13 @@ def _record_request(ctx: WorkflowContext, name: str, details: Any) -> None:
 
 def _decision(ctx: WorkflowContext, name: str, decision: Any) -> Approval:
     if decision is None:
-        spec = StepSpec("perdure.approval.timeout",
-                        lambda: ctx.store.close_approval(ctx.workflow_id, name, "TIMED_OUT"),
-                        None, True, retry=NO_RETRY)  # fmt: skip
-        call_step_sync(spec, (), {})
-        return Approval(name, approved=False, timed_out=True)
+        # The receive timed out; a decision may still have landed just before the request is
+        # closed. The close step journals which, so a replay returns the same answer.
+        spec = StepSpec("perdure.approval.timeout", lambda: _close(ctx, name), None, True,
+                        retry=NO_RETRY)  # fmt: skip
+        decision = call_step_sync(spec, (), {})
+        if decision is None:
+            return Approval(name, approved=False, timed_out=True)
     return Approval(
         name,
         approved=bool(decision["approved"]),
@@ -308,6 +310,15 @@ def _decision(ctx: WorkflowContext, name: str, decision: Any) -> Approval:
         comment=decision.get("comment"),
         at=decision.get("at"),
     )
+
+
+def _close(ctx: WorkflowContext, name: str) -> dict[str, Any] | None:
+    row = ctx.store.close_approval(ctx.workflow_id, name, "TIMED_OUT")
+    if row is None or row.status not in ("APPROVED", "REJECTED"):
+        return None
+    at = None if row.decided_at is None else dt.datetime.fromtimestamp(row.decided_at, dt.UTC)
+    return {"approved": row.status == "APPROVED", "by": row.decided_by, "comment": row.comment,
+            "at": at}  # fmt: skip
 
 
 def decision_message(approved: bool, by: str | None, comment: str | None) -> str:

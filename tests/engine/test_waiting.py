@@ -270,3 +270,23 @@ def test_a_waiting_workflow_wakes_at_its_deadline_to_fail(
     clock.advance(600)
     with pytest.raises(perdure.DeadlineExceededError):
         handle.result(timeout=10)
+
+
+def test_an_approval_landing_just_after_the_timeout_is_not_lost(
+    engine: perdure.Engine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from perdure.store.sqlite import SQLiteStore
+
+    real_close = SQLiteStore.close_approval
+
+    def approve_first(self: SQLiteStore, workflow_id: str, name: str, status: str) -> Any:
+        # The receive has timed out; a human approves in the gap before the request closes.
+        engine.approve(workflow_id, name, by="late carol")
+        return real_close(self, workflow_id, name, status)
+
+    monkeypatch.setattr(SQLiteStore, "close_approval", approve_first)
+    handle = engine.start(approval_flow, 3)
+    wait_until(lambda: handle.status() is perdure.WorkflowStatus.WAITING)
+    clock.advance(3 * 86400)
+    result = handle.result(timeout=10)
+    assert (result["outcome"], result["by"]) == ("paid", "late carol")  # accepted and seen

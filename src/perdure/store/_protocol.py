@@ -267,8 +267,9 @@ class Store(Protocol):
         """Decide a PENDING approval and queue ``message`` to the workflow on the approval's
         topic, in one transaction; False if there is no pending approval of that name."""
 
-    def close_approval(self, workflow_id: str, name: str, status: str) -> None:
-        """Mark a pending approval as ended without a decision (e.g. TIMED_OUT)."""
+    def close_approval(self, workflow_id: str, name: str, status: str) -> ApprovalRow | None:
+        """Mark a pending approval as ended without a decision (e.g. TIMED_OUT); return the
+        row as it then is: a decision that landed just before stays, and is returned."""
 
     def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
         """PENDING approvals oldest first, or (``pending_only`` false) all, newest first."""

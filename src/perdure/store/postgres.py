@@ -540,13 +540,21 @@ class PostgresStore:
 
         return self._run(decide)
 
-    def close_approval(self, workflow_id: str, name: str, status: str) -> None:
-        """Mark a pending approval as ended without a decision."""
+    def close_approval(self, workflow_id: str, name: str, status: str) -> ApprovalRow | None:
+        """Mark a pending approval as ended without a decision; return the row as it is
+        then (a decision that landed first stays, and is returned)."""
         self._rowcount(
             f"UPDATE approvals SET status = %s, decided_at = {_NOW} WHERE workflow_id = %s "
             "AND name = %s AND status = 'PENDING'",
             (status, workflow_id, name),
         )
+        found = self._fetchone(
+            f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
+            "workflows.id = approvals.workflow_id WHERE approvals.workflow_id = %s "
+            "AND approvals.name = %s",
+            (workflow_id, name),
+        )
+        return None if found is None else ApprovalRow(*found)
 
     def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
         """PENDING approvals oldest first, or all newest first."""

@@ -483,15 +483,26 @@ class SQLiteStore:
 
         return self._run(decide)
 
-    def close_approval(self, workflow_id: str, name: str, status: str) -> None:
-        """Mark a pending approval as ended without a decision."""
-        self._run(
-            lambda c: c.execute(
-                "UPDATE approvals SET status = ?, decided_at = ? WHERE workflow_id = ? "
-                "AND name = ? AND status = 'PENDING'",
-                (status, time.time(), workflow_id, name),
-            )
-        )
+    def close_approval(self, workflow_id: str, name: str, status: str) -> ApprovalRow | None:
+        """Mark a pending approval as ended without a decision; return the row as it is
+        then (a decision that landed first stays, and is returned)."""
+
+        def close(conn: sqlite3.Connection) -> Any:
+            with self._transaction(conn):
+                conn.execute(
+                    "UPDATE approvals SET status = ?, decided_at = ? WHERE workflow_id = ? "
+                    "AND name = ? AND status = 'PENDING'",
+                    (status, time.time(), workflow_id, name),
+                )
+                return conn.execute(
+                    f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
+                    "workflows.id = approvals.workflow_id WHERE approvals.workflow_id = ? "
+                    "AND approvals.name = ?",
+                    (workflow_id, name),
+                ).fetchone()
+
+        found = self._run(close)
+        return None if found is None else ApprovalRow(*found)
 
     def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
         """Approvals, oldest first."""
