@@ -275,16 +275,15 @@ def test_a_waiting_workflow_wakes_at_its_deadline_to_fail(
 def test_an_approval_landing_just_after_the_timeout_is_not_lost(
     engine: perdure.Engine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from perdure.store.sqlite import SQLiteStore
+    store_class = type(engine.store)  # SQLite, or PostgreSQL under make test-postgres
+    real_close = store_class.close_approval
 
-    real_close = SQLiteStore.close_approval
-
-    def approve_first(self: SQLiteStore, workflow_id: str, name: str, status: str) -> Any:
+    def approve_first(self: Any, workflow_id: str, name: str, status: str) -> Any:
         # The receive has timed out; a human approves in the gap before the request closes.
         engine.approve(workflow_id, name, by="late carol")
         return real_close(self, workflow_id, name, status)
 
-    monkeypatch.setattr(SQLiteStore, "close_approval", approve_first)
+    monkeypatch.setattr(store_class, "close_approval", approve_first)
     handle = engine.start(approval_flow, 3)
     wait_until(lambda: handle.status() is perdure.WorkflowStatus.WAITING)
     clock.advance(3 * 86400)
