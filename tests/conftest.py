@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +101,17 @@ def pg_url() -> Iterator[str]:
     yield f"{POSTGRES_URL}{sep}schema={schema}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def query_db(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows read straight from a SQLite file, as another process sees them ([] before the
+    file or its schema exists)."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # schema not created yet
+        return []
+    finally:
+        conn.close()

@@ -131,8 +131,6 @@ class WorkflowContext:
         self._position = max((row.position for row in journal), default=-1) + 1
         self._broken: NonDeterminismError | None = None
         self._late: DeadlineExceededError | None = None
-        self.replayed = 0
-        self.executed = 0
 
     # -- keys and replay -------------------------------------------------------------------
 
@@ -162,7 +160,6 @@ class WorkflowContext:
 
     def replay(self, row: StepRow, hint: Any) -> Any:
         """Return a recorded step's value, or raise its recorded exception again."""
-        self.replayed += 1
         if row.status is StepStatus.SUCCESS:
             return self.decode(row, hint)
         raise rebuild_error(row.error or "{}")
@@ -300,7 +297,6 @@ class WorkflowContext:
                 f"the journal write for {self._where(row.key, row.name)} failed ({exc}); the "
                 "workflow resumes at this step"
             ) from exc
-        self.executed += 1
 
     def consume(self, topic: str, step: StepRow) -> str | None:
         """Take the next message on ``topic`` and journal it as ``step`` (one transaction);
@@ -311,8 +307,6 @@ class WorkflowContext:
             raise WorkflowInterrupted(str(exc)) from None
         except PerdureError as exc:
             raise WorkflowInterrupted(f"receiving a message failed ({exc})") from exc
-        if payload is not None:
-            self.executed += 1
         return payload
 
     def commit_attempt(self, row: AttemptRow) -> None:

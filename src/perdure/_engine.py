@@ -274,7 +274,7 @@ class Engine:
         )  # fmt: skip
         stored, created = store.create_workflow(row)
         if created:
-            self._runner.launch(spec, stored, args, kwargs)
+            self._runner.launch(spec, stored, args, kwargs, fresh=True)
         elif stored.name != spec.name or stored.inputs != inputs:
             raise WorkflowConflictError(
                 f"workflow id {workflow_id!r} already belongs to a run of {stored.name!r} "

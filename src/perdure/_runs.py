@@ -41,6 +41,7 @@ class Run:
     done: threading.Event = field(default_factory=threading.Event)
     future: Future[Any] | None = None
     ctx: WorkflowContext | None = None
+    fresh: bool = False  # just created: no journal to read
 
 
 class Runner:
@@ -161,16 +162,22 @@ class Runner:
     # -- running ---------------------------------------------------------------------------
 
     def launch(
-        self, spec: WorkflowSpec, row: WorkflowRow, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        spec: WorkflowSpec,
+        row: WorkflowRow,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fresh: bool = False,
     ) -> None:
-        """Run a workflow this engine holds (``row.lease``).
+        """Run a workflow this engine holds (``row.lease``); ``fresh`` when it was just
+        created, so its journal is known to be empty and is not read.
 
         Raises:
             EngineClosedError: the engine stopped meanwhile (the workflow stays recorded).
         """
         lease = row.lease
         assert lease is not None
-        run = Run(row.id)
+        run = Run(row.id, fresh=fresh)
         with self._lock:
             # A run still here for this id lost its lease (another worker took the workflow,
             # then this one claimed it back): it is fenced off and finishes on its own.
@@ -191,8 +198,8 @@ class Runner:
 
     def _context(self, row: WorkflowRow, lease: Lease, run: Run) -> WorkflowContext:
         assert self.store is not None
-        journal = self.store.load_steps(row.id)
-        attempts = self.store.load_attempts(row.id)
+        journal = [] if run.fresh else self.store.load_steps(row.id)
+        attempts = [] if run.fresh else self.store.load_attempts(row.id)
         # Async steps commit inline on the runner's own loop (it runs only workflows, whose
         # commits serialize on the store anyway), and inline without fsync (durability
         # "normal"): both cost less than a hop to an I/O thread. On a caller's loop

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 import perdure
-from conftest import run_app, wait_until
+from conftest import query_db, run_app, wait_until
 
 pytestmark = pytest.mark.crash
 
@@ -50,21 +49,8 @@ def tags(path: Path) -> list[str]:
     return [line.tag for line in read_ledger(path)]
 
 
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows read straight from the SQLite file ([] before the schema exists)."""
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # schema not created yet
-        return []
-    finally:
-        conn.close()
-
-
 def attempt_rows(db: Path, workflow_id: str) -> list[tuple[Any, ...]]:
-    return query(
+    return query_db(
         db,
         "SELECT attempt, name, error, started_at, failed_at, retry_at FROM step_attempts "
         "WHERE workflow_id = ? ORDER BY attempt",
@@ -73,7 +59,9 @@ def attempt_rows(db: Path, workflow_id: str) -> list[tuple[Any, ...]]:
 
 
 def step_names(db: Path, workflow_id: str) -> list[str]:
-    rows = query(db, "SELECT name FROM steps WHERE workflow_id = ? ORDER BY position", workflow_id)
+    rows = query_db(
+        db, "SELECT name FROM steps WHERE workflow_id = ? ORDER BY position", workflow_id
+    )
     return [r[0] for r in rows]
 
 
@@ -298,7 +286,7 @@ def test_poison_workflow_is_dead_lettered_after_max_recoveries(tmp_path: Path) -
     for recovery in (1, 2):  # max_recoveries=2: two takeovers still run it
         Child(db, ledger, "x1", "poison", "--recover").died()
         assert tags(ledger) == ["poison"] * (recovery + 1)
-        assert query(db, "SELECT recoveries FROM workflows WHERE id = 'x1'") == [(recovery,)]
+        assert query_db(db, "SELECT recoveries FROM workflows WHERE id = 'x1'") == [(recovery,)]
 
     # The third takeover exceeds the limit: that process marks it instead of running it.
     outcome = Child(db, ledger, "x1", "poison", "--recover").outcome()
@@ -320,6 +308,6 @@ def test_poison_workflow_is_dead_lettered_after_max_recoveries(tmp_path: Path) -
     again = Child(db, ledger, "x1", "poison", "--recover").outcome()
     assert again["error"] == "DeadLetteredError"
     assert tags(ledger) == ["poison"] * 3
-    assert query(db, "SELECT status, recoveries FROM workflows WHERE id = 'x1'") == [
+    assert query_db(db, "SELECT status, recoveries FROM workflows WHERE id = 'x1'") == [
         ("DEAD_LETTER", 3)
     ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_app, wait_until
+from conftest import query_db, run_app, wait_until
 
 pytestmark = pytest.mark.crash
 
@@ -43,22 +42,9 @@ def notes(ledger: Path, tag: str | None = None) -> list[Note]:
     return [n for n in found if tag is None or n.tag == tag]
 
 
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows read straight from the SQLite file ([] before the schema exists)."""
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db, timeout=5)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # schema not created yet
-        return []
-    finally:
-        conn.close()
-
-
 def workflow_state(db: Path, workflow_id: str) -> tuple[Any, ...] | None:
     """(status, owner, wake_at, wait_topic) of the workflow, or None."""
-    rows = query(
+    rows = query_db(
         db, "SELECT status, owner, wake_at, wait_topic FROM workflows WHERE id = ?", workflow_id
     )
     return rows[0] if rows else None
@@ -66,7 +52,7 @@ def workflow_state(db: Path, workflow_id: str) -> tuple[Any, ...] | None:
 
 def journal(db: Path, workflow_id: str) -> list[tuple[str, str, Any]]:
     """(key, name, decoded output) of every journal entry, by position."""
-    rows = query(
+    rows = query_db(
         db,
         "SELECT key, name, output FROM steps WHERE workflow_id = ? ORDER BY position, key",
         workflow_id,
@@ -76,7 +62,7 @@ def journal(db: Path, workflow_id: str) -> list[tuple[str, str, Any]]:
 
 def messages(db: Path, workflow_id: str) -> list[tuple[Any, ...]]:
     """(seq, topic, decoded payload, idempotency_key, consumed_by), in send order."""
-    rows = query(
+    rows = query_db(
         db,
         "SELECT seq, topic, payload, idempotency_key, consumed_by FROM messages "
         "WHERE workflow_id = ? ORDER BY seq",
@@ -225,7 +211,7 @@ COUNT = 1000
 
 
 def _consumed(db: Path, workflow_id: str) -> int:
-    rows = query(
+    rows = query_db(
         db,
         "SELECT COUNT(*) FROM messages WHERE workflow_id = ? AND consumed_by IS NOT NULL",
         workflow_id,
