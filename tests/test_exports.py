@@ -15,9 +15,10 @@ PUBLIC = {
     "UnknownWorkflowError", "WorkflowCancelled", "WorkflowCancelledError",
     "WorkflowConflictError", "WorkflowFailedError", "WorkflowHandle", "WorkflowInfo",
     "WorkflowInterrupted", "WorkflowNotFound", "WorkflowStatus", "WorkflowSuspended",
-    "__version__", "compensate", "now", "random", "receive", "receive_async",
-    "register_classifier", "set_event", "sleep", "sleep_async", "sleep_until",
-    "sleep_until_async", "step", "uuid4", "wait_for_approval", "wait_for_approval_async",
+    "__version__", "compensate", "connection", "idempotency_key", "now", "random",
+    "receive", "receive_async", "register_classifier", "set_event", "sleep", "sleep_async",
+    "sleep_until", "sleep_until_async", "step", "transaction", "uuid4", "wait_for_approval",
+    "wait_for_approval_async",
     "workflow", "workflow_id",
 }  # fmt: skip
 

@@ -7,8 +7,8 @@ is private.
 """
 
 from ._async_engine import AsyncEngine
-from ._context import workflow_id
-from ._decorators import step, workflow
+from ._context import idempotency_key, workflow_id
+from ._decorators import step, transaction, workflow
 from ._engine import Engine
 from ._errors import (
     ConfigurationError,
@@ -43,7 +43,7 @@ from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from ._retry import DEFAULT_RETRY, NO_RETRY, Failure, FailureKind, RetryPolicy, register_classifier
 from ._runner import compensate
 from ._signals import ApprovalInfo, ApprovalNotPending
-from ._steps import now, random, uuid4
+from ._steps import connection, now, random, uuid4
 from ._waits import (
     Approval,
     receive,
@@ -107,6 +107,8 @@ __all__ = [
     "WorkflowSuspended",
     "__version__",
     "compensate",
+    "connection",
+    "idempotency_key",
     "now",
     "random",
     "receive",
@@ -118,6 +120,7 @@ __all__ = [
     "sleep_until",
     "sleep_until_async",
     "step",
+    "transaction",
     "uuid4",
     "wait_for_approval",
     "wait_for_approval_async",

@@ -26,11 +26,13 @@ from . import _serialize
 from ._clock import Clock, SystemClock
 from ._decorators import StepSpec
 from ._errors import (
+    ConfigurationError,
     DeadlineExceededError,
     NonDeterminismError,
     PerdureError,
     RecordedStepError,
     SerializationError,
+    StoreError,
     WorkflowCancelled,
     WorkflowInterrupted,
     WorkflowSuspended,
@@ -39,7 +41,8 @@ from ._retry import DEFAULT_RETRY, RetryPolicy
 from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
 
 _current: ContextVar[WorkflowContext | None] = ContextVar("perdure_workflow", default=None)
-_in_step: ContextVar[bool] = ContextVar("perdure_in_step", default=False)
+#: the replay key of the step whose body is running (None outside step bodies)
+_in_step: ContextVar[str | None] = ContextVar("perdure_in_step", default=None)
 _branch: ContextVar[Branch | None] = ContextVar("perdure_branch", default=None)
 
 
@@ -298,6 +301,21 @@ class WorkflowContext:
                 "workflow resumes at this step"
             ) from exc
 
+    def transact(self, key: str, body: Callable[[Any], StepRow]) -> StepRow:
+        """Run ``body`` with a database connection inside the transaction that journals the
+        row it returns (a ``@transaction`` step); the row as committed (or as journaled
+        before, when an earlier commit's acknowledgement was lost). Fenced like
+        :meth:`commit`; exceptions from ``body`` roll back and propagate unchanged."""
+        try:
+            return self.store.append_step_atomically(self.workflow_id, key, self.lease, body)
+        except OwnershipLost as exc:
+            raise WorkflowInterrupted(str(exc)) from None
+        except StoreError as exc:
+            raise WorkflowInterrupted(
+                f"the transaction of step {key} of workflow {self.workflow_id!r} failed "
+                f"({exc}); the workflow resumes at this step"
+            ) from exc
+
     def consume(self, topic: str, step: StepRow) -> str | None:
         """Take the next message on ``topic`` and journal it as ``step`` (one transaction);
         the payload, or None if none is waiting. Fenced like :meth:`commit`."""
@@ -395,7 +413,7 @@ def rebuild_error(text: str) -> BaseException:
 
 def current() -> WorkflowContext | None:
     """The running workflow's context, or None outside a workflow (or inside a step)."""
-    return None if _in_step.get() else _current.get()
+    return None if _in_step.get() is not None else _current.get()
 
 
 def activate(ctx: WorkflowContext) -> tuple[Any, Any]:
@@ -417,7 +435,7 @@ def task_factory(previous: Any = None) -> Any:
 
     def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
         ctx = _current.get()
-        owned = ctx is not None and not _in_step.get()
+        owned = ctx is not None and _in_step.get() is None
         if ctx is not None and owned:
             parent = _branch.get() or ctx.root
             context = kwargs.get("context") or contextvars.copy_context()
@@ -441,6 +459,25 @@ def _natural(part: str) -> tuple[int, int]:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def idempotency_key() -> str:
+    """A key for the running step's side effect, stable across its retries and across
+    recovery in another process: ``"<workflow id>:<step key>"``. Pass it to an external API
+    that deduplicates requests (a payment provider's ``Idempotency-Key``, say), so an attempt
+    that ran but was not journaled before a crash is not applied twice.
+
+    Raises:
+        ConfigurationError: called outside a step running in a workflow.
+    """
+    key = _in_step.get()
+    ctx = _current.get()
+    if key is None or ctx is None:
+        raise ConfigurationError(
+            "perdure.idempotency_key() was called outside a step: call it in the body of a "
+            "@perdure.step running in a workflow"
+        )
+    return f"{ctx.workflow_id}:{key}"
 
 
 def workflow_id() -> str:

@@ -1,4 +1,4 @@
-"""``@workflow`` and ``@step``: mark functions; decoration needs no engine.
+"""``@workflow``, ``@step`` and ``@transaction``: mark functions; decoration needs no engine.
 
 ``@workflow`` registers the function by name in this process's registry (recovery finds a
 workflow's code by the name stored with it) and returns the function unchanged: calling it
@@ -86,6 +86,7 @@ class StepSpec:
     _resolved: bool = field(default=False, repr=False)
     retry: RetryPolicy | None = None
     timeout: float | None = None
+    transactional: bool = False
 
     def return_hint(self) -> Any:
         """The step's return annotation, or None."""
@@ -253,12 +254,63 @@ def step(
     return decorate(fn) if fn is not None else decorate
 
 
+@overload
+def transaction(fn: Callable[P, R], /) -> Step[P, R]: ...
+
+
+@overload
+def transaction(
+    *, name: str | None = None, retry: RetryPolicy | None = None
+) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+
+
+def transaction(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
+    """Mark a plain ``def`` as an exactly-once database step.
+
+    Inside a workflow the body runs on perdure's own database connection, inside the
+    transaction that journals its result: get that connection with
+    ``perdure.connection()`` (``sqlite3`` on SQLite, ``psycopg`` on PostgreSQL) and write
+    your application's tables, which live in the same database. The writes and the journal
+    entry commit together or not at all, so a crash anywhere never applies them twice and
+    never loses them. An exception from the body rolls its writes back and is retried like
+    any step's (see ``retry``). Never commit or roll back on that connection yourself, and
+    keep the body short: on SQLite it holds the database's write lock.
+
+    Outside a workflow the function simply runs (``perdure.connection()`` then raises).
+
+    Raises:
+        ConfigurationError: the function is a coroutine function (the connection is
+            blocking; call a sync transaction step from async workflows).
+    """
+
+    def decorate(f: Callable[P, R]) -> Step[P, R]:
+        if inspect.iscoroutinefunction(f):
+            raise ConfigurationError(
+                f"@perdure.transaction needs a plain def, and {f.__qualname__} is async: the "
+                "transaction's connection is a blocking one (async workflows may call it)"
+            )
+        return _wrap(StepSpec(name or f.__qualname__, f, retry=retry, transactional=True))
+
+    return decorate(fn) if fn is not None else decorate
+
+
 def _wrap(spec: StepSpec) -> Step[Any, Any]:
     from . import _steps
 
     f = spec.fn
 
     def options(*, retry: RetryPolicy | None = None, timeout: float | None = None) -> Any:
+        if spec.transactional and timeout is not None:
+            raise ConfigurationError(
+                f"transaction step {spec.name!r} cannot take a timeout: its body runs inside a "
+                "database transaction, which cannot be abandoned half-way"
+            )
         return _wrap(
             dataclasses.replace(spec, retry=retry or spec.retry, timeout=timeout or spec.timeout)
         )

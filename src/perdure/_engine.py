@@ -481,10 +481,23 @@ class Engine:
         for row in store.claim(self.worker.id, registered_names(), dead, 1000):
             if self._resume(row):
                 handles.append(WorkflowHandle(self, row.id))
+        self._release_strays()
         self._report_unregistered(dead)
         expired = [w.id for w in workers if w.expires_at < time.time() - 10 * self._lease]
         store.forget_workers(dead + expired)
         return handles
+
+    def _release_strays(self) -> None:
+        """Give back workflows the database says this engine holds but it does not run: a
+        claim whose acknowledgement was lost with the connection (the claim committed, the
+        engine never learned it). Left alone, they would wait for this worker to die."""
+        cutoff = time.time() - self._lease
+        for row in self.store.owned(self.worker.id):
+            lease = row.lease
+            if (row.status is WorkflowStatus.RUNNING and row.updated_at < cutoff
+                    and lease is not None and self._runner.local(row.id) is None):  # fmt: skip
+                log.warning("perdure: workflow %r was held but not run here; releasing it", row.id)
+                self._give_back(row.id, lease)
 
     def _claim_and_launch(self, workflow_id: str) -> None:
         for row in self.store.claim(self.worker.id, registered_names(), [], 1, workflow_id):

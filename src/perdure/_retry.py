@@ -184,6 +184,8 @@ _CONNECTION_NAMES = (
     "ConnectionError", "ConnectError", "TimeoutError", "Timeout", "TimeoutException",
     "ReadTimeout", "ConnectTimeout", "WriteTimeout", "PoolTimeout", "RemoteProtocolError",
     "ProxyError", "NetworkError", "APIConnectionError", "APITimeoutError",
+    # a database transaction that lost a race (PostgreSQL 40001, 40P01, 55P03): run it again
+    "SerializationFailure", "DeadlockDetected", "LockNotAvailable",
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from . import _serialize
 from ._context import WorkflowContext, _in_step, current
 from ._decorators import StepSpec
 from ._errors import (
+    ConfigurationError,
     NonDeterminismError,
     StepFailedError,
     StepTimeoutError,
@@ -104,10 +105,15 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
             ctx.clock.sleep(earlier[-1].retry_at - ctx.clock.time(), ctx.wake)
         ctx.check_can_start_step()
         started = ctx.clock.time()
-        token = _in_step.set(True)
+        token = _in_step.set(key)
         try:
+            if spec.transactional:
+                committed = _run_transaction(ctx, key, spec, args, kwargs, started, earlier)
+                return ctx.decode(committed, spec.return_hint())
             value = _invoke_sync(spec, args, kwargs, ctx.step_timeout(spec))
         except Exception as exc:
+            if isinstance(exc, _BodyFailed):
+                exc = exc.error
             plan = _plan(ctx, key, spec, exc, earlier, started)
             if isinstance(plan, _GiveUp):
                 ctx.commit(plan.row)
@@ -120,6 +126,66 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
         row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
         ctx.commit(row)
         return ctx.decode(row, spec.return_hint())
+
+
+class _BodyFailed(Exception):
+    """Carries an exception raised by a ``@transaction`` body out of the store, so it is told
+    apart from a failure of the journal write itself (which stops the run)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _run_transaction(
+    ctx: WorkflowContext,
+    key: str,
+    spec: StepSpec,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    started: float,
+    earlier: list[AttemptRow],
+) -> StepRow:
+    """One attempt of a ``@transaction`` step: its body runs on the store's connection inside
+    the transaction that journals its result, so both commit or neither does."""
+
+    def body(connection: Any) -> StepRow:
+        token = _connection.set(connection)
+        try:
+            value = spec.fn(*args, **kwargs)
+        except Exception as exc:
+            raise _BodyFailed(exc) from exc
+        finally:
+            _connection.reset(token)
+        return ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+
+    row = ctx.transact(key, body)
+    if row.name != spec.name:  # journaled by an earlier commit whose acknowledgement was lost
+        raise NonDeterminismError(ctx.workflow_id, key, row.name, spec.name)
+    return row
+
+
+_connection: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "perdure_connection", default=None
+)
+
+
+def connection() -> Any:
+    """The database connection of the running ``@perdure.transaction`` step: a
+    ``sqlite3.Connection`` on SQLite, a ``psycopg.Connection`` on PostgreSQL, already inside
+    the transaction that will journal the step's result. Run your statements on it; never
+    commit or roll back (perdure does, with the journal entry).
+
+    Raises:
+        ConfigurationError: no transaction step is running in this context.
+    """
+    conn = _connection.get()
+    if conn is None:
+        raise ConfigurationError(
+            "perdure.connection() was called outside a @perdure.transaction step running in "
+            "a workflow"
+        )
+    return conn
 
 
 def _invoke_sync(
@@ -183,7 +249,7 @@ async def _run_step_async(
             _cancelled_here(ctx)
         ctx.check_can_start_step()
         started = ctx.clock.time()
-        token = _in_step.set(True)
+        token = _in_step.set(key)
         try:
             value = await _invoke_async(spec, args, kwargs, ctx.step_timeout(spec))
         except asyncio.CancelledError:

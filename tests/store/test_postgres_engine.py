@@ -154,3 +154,75 @@ def test_two_engines_share_one_database(pg_url: str) -> None:
         assert [h.result(timeout=20) for h in handles] == [i * 2 for i in range(20)]
         assert a.handle(handles[0].id).result(timeout=5) == 0  # visible from either engine
     assert all(calls[f"s{i}"] == 1 for i in range(20))
+
+
+# -- transient database failures ------------------------------------------------------------
+
+
+def _cut_connections(pg_url: str) -> int:
+    """Terminate every server process serving perdure's connections (a real connection cut,
+    as a failover or a proxy restart does); returns how many were cut."""
+    import psycopg
+
+    from conftest import POSTGRES_URL
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'perdure' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+@perdure.step
+def pg_slow_step(i: int) -> int:
+    calls[f"slow-{i}"] += 1
+    if i == 10:
+        gate.wait(10)  # the test cuts the connections while this step runs
+    return i
+
+
+@perdure.workflow(name="pg_cut_flow")
+def cut_flow(n: int) -> int:
+    return sum(pg_slow_step(i) for i in range(n))
+
+
+def test_cut_connections_are_retried_and_never_journaled_as_failures(pg_url: str) -> None:
+    with perdure.Engine(pg_url, shutdown_grace=0.5) as engine:
+        handle = engine.start(cut_flow, 20, id="cut")
+        wait_until(lambda: calls["slow-10"] == 1)
+        assert _cut_connections(pg_url) >= 1
+        gate.set()
+        assert handle.result(timeout=30) == sum(range(20))
+        steps = engine.list_steps("cut")
+        assert len(steps) == 20
+        assert all(s.attempts == 1 and s.status == "SUCCESS" for s in steps)
+        assert engine.list_attempts("cut") == []
+        assert all(calls[f"slow-{i}"] == 1 for i in range(20))  # nothing re-ran
+
+
+def test_a_failing_database_call_that_is_not_transient_is_not_retried(pg_url: str) -> None:
+    from perdure.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, outage_timeout=30)
+    try:
+        store.migrate()
+        started = __import__("time").monotonic()
+        with pytest.raises(perdure.StoreError, match="syntax"):
+            store._fetchall("SELEC 1")
+        assert __import__("time").monotonic() - started < 5
+    finally:
+        store.close()
+
+
+def test_an_outage_longer_than_the_budget_is_reported(pg_url: str) -> None:
+    from perdure.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, outage_timeout=0.5)
+    try:
+        store.migrate()
+        store._pool.close()  # every later borrow fails like an unreachable server
+        with pytest.raises(perdure.StoreUnavailableError, match=r"unavailable|closed"):
+            store.get_workflow("x")
+    finally:
+        store.close()

@@ -18,10 +18,10 @@ that time passes, or when the claimer knows the worker's process is gone.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._errors import StoreError
 
@@ -201,6 +201,21 @@ class Store(Protocol):
             OwnershipLost: the lease is not current, or the key is taken.
         """
 
+    def append_step_atomically(
+        self, workflow_id: str, key: str, lease: Lease, body: Callable[[Any], StepRow]
+    ) -> StepRow:
+        """Journal a step whose own writes must commit with its entry (a transaction step).
+
+        In one transaction: check that ``lease`` is current; if the step ``key`` is already
+        journaled (a commit whose acknowledgement was lost), return that row without calling
+        ``body``; else call ``body`` with this backend's connection (inside the transaction),
+        insert the row it returns, and commit. An exception from ``body`` rolls everything
+        back and propagates unchanged.
+
+        Raises:
+            OwnershipLost: the lease is not current.
+        """
+
     def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
         """Record a failed attempt durably, if ``lease`` is the workflow's current lease.
 
@@ -276,6 +291,9 @@ class Store(Protocol):
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
         """Flag an unfinished workflow for cancellation; return its row (None if unknown)."""
+
+    def owned(self, worker_id: str) -> list[WorkflowRow]:
+        """Unfinished workflows ``worker_id`` holds."""
 
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""

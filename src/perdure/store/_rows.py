@@ -50,6 +50,14 @@ def workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
     )
 
 
+def step_values(row: StepRow) -> tuple[Any, ...]:
+    """The values of ``row`` in ``STEP_COLUMNS`` order."""
+    return (
+        row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
+        row.error, row.started_at, row.finished_at, row.attempts,
+    )  # fmt: skip
+
+
 def workflow_row(r: Sequence[Any]) -> WorkflowRow:
     """A workflow row from a tuple in ``WF_COLUMNS`` order."""
     try:

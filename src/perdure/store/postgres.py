@@ -22,7 +22,10 @@ schema (created by ``migrate`` if missing), e.g. one schema per test or per appl
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+import typing
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -53,11 +56,33 @@ from ._rows import (
     WF_COLUMNS,
     attempt_rows,
     step_row,
+    step_values,
     workflow_row,
     workflow_values,
 )
 
 T = TypeVar("T")
+log = logging.getLogger("perdure")
+
+#: ``settled`` found no trace of the write: run it (again).
+_UNSETTLED: Any = object()
+
+#: SQLSTATEs worth retrying: the statement did not take effect and may succeed if run again
+#: (serialization failure, deadlock, lock timeout, server shutdown or restart, too many
+#: connections, connection failures).
+TRANSIENT_SQLSTATES = frozenset(
+    {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "08000", "08001", "08003",
+     "08004", "08006", "08007"}
+)  # fmt: skip
+
+
+def transient(exc: psycopg.Error) -> bool:
+    """Whether a database error is worth retrying: a known transient SQLSTATE, or a failure
+    of the connection itself (no SQLSTATE: the server closed it, the pool timed out)."""
+    if exc.sqlstate is not None:
+        return exc.sqlstate in TRANSIENT_SQLSTATES
+    return isinstance(exc, psycopg.OperationalError)
+
 
 #: Key of the transaction-level advisory lock that serializes migrations ("perdure").
 MIGRATION_LOCK = int.from_bytes(b"perdure", "big")
@@ -112,6 +137,9 @@ class PostgresStore:
         min_size: connections the pool keeps open.
         max_size: most connections the pool opens at once.
         connect_timeout: seconds to wait for the database when opening the store.
+        outage_timeout: how long a call retries transient failures (connection lost, server
+            restarting, serialization failure, deadlock) before it raises
+            ``StoreUnavailableError``.
     """
 
     def __init__(
@@ -122,6 +150,7 @@ class PostgresStore:
         min_size: int = 1,
         max_size: int = 8,
         connect_timeout: float = 10.0,
+        outage_timeout: float = 120.0,
     ) -> None:
         conninfo, url_schema = split_url(url)
         schema = schema if schema is not None else url_schema
@@ -130,6 +159,7 @@ class PostgresStore:
                 f"PostgreSQL schema name {schema!r} must be lowercase letters, digits and _"
             )
         self.schema = schema
+        self.outage_timeout = outage_timeout
         self._label = _redact(conninfo) + (f" (schema {schema})" if schema else "")
         self._closed = False
         kwargs: dict[str, Any] = {
@@ -167,19 +197,54 @@ class PostgresStore:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _run(self, fn: Callable[[Conn], T]) -> T:
-        if self._closed:
-            raise StoreUnavailableError(f"the store for {self._label} is closed")
-        try:
-            with self._pool.connection() as conn:
-                return fn(conn)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailableError(f"PostgreSQL database {self._label}: {exc}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL database {self._label}: {exc}") from exc
+    def _run(self, fn: Callable[[Conn], T], settled: Callable[[Conn], Any] | None = None) -> T:
+        """Run ``fn`` on a pooled connection, retrying transient failures.
 
-    def _rowcount(self, query: str, params: Any) -> int:
-        return self._run(lambda c: c.execute(query, params).rowcount)
+        A lost connection, a server shutting down or restarting, a serialization failure or
+        a deadlock (see :func:`transient`) is retried with backoff for up to
+        ``outage_timeout`` seconds: a database outage pauses the caller and it goes on when
+        the database is back. ``fn`` must be safe to run again after a failure. A write
+        whose commit may have landed although its acknowledgement was lost passes
+        ``settled``: before a retry it looks for the write's effect and returns its result
+        (anything but ``_UNSETTLED``) when the first try did commit.
+        """
+        give_up_at: float | None = None
+        delay = 0.02
+        while True:
+            if self._closed:
+                raise StoreUnavailableError(f"the store for {self._label} is closed")
+            try:
+                with self._pool.connection() as conn:
+                    if give_up_at is not None and settled is not None:
+                        found = settled(conn)
+                        if found is not _UNSETTLED:
+                            return typing.cast(T, found)
+                    result = fn(conn)
+                if give_up_at is not None:
+                    log.warning("perdure: PostgreSQL database %s is reachable again", self._label)
+                return result
+            except psycopg.Error as exc:
+                if not transient(exc):
+                    raise StoreError(f"PostgreSQL database {self._label}: {exc}") from exc
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + self.outage_timeout
+                    log.warning(
+                        "perdure: PostgreSQL database %s failed (%s); retrying for up to %.0f s",
+                        self._label, str(exc).strip(), self.outage_timeout,
+                    )  # fmt: skip
+                if now >= give_up_at:
+                    raise StoreUnavailableError(
+                        f"PostgreSQL database {self._label} is unavailable (still failing "
+                        f"after {self.outage_timeout:.0f} s of retries): {exc}"
+                    ) from exc
+                time.sleep(min(delay, max(0.0, give_up_at - now)))
+                delay = min(delay * 2, 1.0)
+
+    def _rowcount(
+        self, query: str, params: Any, settled: Callable[[Conn], Any] | None = None
+    ) -> int:
+        return self._run(lambda c: c.execute(query, params).rowcount, settled)
 
     def _fetchall(self, query: str, params: Any = None) -> list[Any]:
         return self._run(lambda c: c.execute(query, params).fetchall())
@@ -257,7 +322,10 @@ class PostgresStore:
             ).fetchone()
             if found is None:  # deleted in between: nothing perdure does, but be exact
                 raise StoreError(f"workflow {row.id!r} vanished while being created")
-            return workflow_row(found), False
+            stored = workflow_row(found)
+            # this very insert, retried after its acknowledgement was lost: same creator
+            mine = (stored.owner, stored.created_at, stored.epoch) == (row.owner, row.created_at, 1)
+            return stored, mine and stored.inputs == row.inputs
 
         return self._run(create)
 
@@ -307,7 +375,16 @@ class PostgresStore:
                     )
                 return count
 
-        if self._run(finish) != 1:
+        def settled(conn: Conn) -> Any:
+            found = conn.execute(
+                "SELECT 1 FROM workflows WHERE id = %s AND status = %s AND owner IS NULL "
+                "AND epoch = %s AND output IS NOT DISTINCT FROM %s "
+                "AND error IS NOT DISTINCT FROM %s",
+                (workflow_id, status.value, lease.epoch, output, error),
+            ).fetchone()
+            return 1 if found is not None else _UNSETTLED
+
+        if self._run(finish, settled) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
     def reset_workflow(self, workflow_id: str) -> bool:
@@ -354,11 +431,37 @@ class PostgresStore:
             "started_at": row.started_at, "finished_at": row.finished_at,
             "attempts": row.attempts,
         }  # fmt: skip
-        if self._rowcount(_APPEND_SQL, params) != 1:
+        if self._rowcount(_APPEND_SQL, params, self._journaled(params)) != 1:
             raise OwnershipLost(
                 f"worker {lease.owner} cannot record step {row.key} of workflow "
                 f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
             )
+
+    def append_step_atomically(
+        self, workflow_id: str, key: str, lease: Lease, body: Callable[[Any], StepRow]
+    ) -> StepRow:
+        """Run ``body`` on a pooled connection inside the transaction that journals the row
+        it returns (see the protocol). The workflow row stays locked ``FOR SHARE`` meanwhile,
+        so no claim can take the workflow while the body runs."""
+
+        def transact(conn: Conn) -> StepRow:
+            with conn.transaction():
+                _hold(conn, workflow_id, lease)
+                found = conn.execute(
+                    f"SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = %s AND key = %s",
+                    (workflow_id, key),
+                ).fetchone()
+                if found is not None:
+                    return step_row(found)
+                row = body(conn)  # its exceptions roll back and propagate as they are
+                conn.execute(
+                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    step_values(row),
+                )
+                return row
+
+        return self._run(transact)
 
     def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
         """Record a failed attempt, fenced on the lease, in one statement."""
@@ -367,11 +470,29 @@ class PostgresStore:
             "key": row.key, "attempt": row.attempt, "name": row.name, "error": row.error,
             "started_at": row.started_at, "failed_at": row.failed_at, "retry_at": row.retry_at,
         }  # fmt: skip
-        if self._rowcount(_ATTEMPT_SQL, params) != 1:
+        if self._rowcount(_ATTEMPT_SQL, params, self._journaled(params)) != 1:
             raise OwnershipLost(
                 f"worker {lease.owner} cannot record attempt {row.attempt} of step {row.key} of "
                 f"workflow {row.workflow_id!r}: it no longer holds the workflow"
             )
+
+    @staticmethod
+    def _journaled(params: dict[str, Any]) -> Callable[[Conn], Any]:
+        """``settled`` for a fenced journal write: it landed if its row is there and the
+        lease is still current (only the current lease's run writes that key)."""
+        table, attempt = ("step_attempts", "AND attempt = %(attempt)s") if "attempt" in params \
+            else ("steps", "")  # fmt: skip
+
+        def settled(conn: Conn) -> Any:
+            found = conn.execute(
+                f"SELECT 1 FROM {table} JOIN workflows ON workflows.id = {table}.workflow_id "
+                f"WHERE workflow_id = %(wf)s AND key = %(key)s {attempt} "
+                "AND owner = %(owner)s AND epoch = %(epoch)s",
+                params,
+            ).fetchone()
+            return 1 if found is not None else _UNSETTLED
+
+        return settled
 
     def load_attempts(self, workflow_id: str) -> list[AttemptRow]:
         """Every recorded failed attempt of the workflow."""
@@ -456,14 +577,7 @@ class PostgresStore:
 
         def consume(conn: Conn) -> str | None:
             with conn.transaction():
-                owned = conn.execute(
-                    "SELECT 1 FROM workflows WHERE id = %s AND owner = %s AND epoch = %s FOR SHARE",
-                    (workflow_id, lease.owner, lease.epoch),
-                ).fetchone()
-                if owned is None:
-                    raise OwnershipLost(
-                        f"worker {lease.owner} no longer holds workflow {workflow_id!r}"
-                    )
+                _hold(conn, workflow_id, lease)
                 found = conn.execute(
                     "SELECT seq, payload FROM messages WHERE workflow_id = %s AND topic = %s "
                     "AND consumed_by IS NULL ORDER BY seq LIMIT 1 FOR UPDATE",
@@ -482,7 +596,14 @@ class PostgresStore:
                 )  # fmt: skip
                 return str(found[1])
 
-        return self._run(consume)
+        def settled(conn: Conn) -> Any:
+            found = conn.execute(
+                "SELECT output FROM steps WHERE workflow_id = %s AND key = %s",
+                (workflow_id, step.key),
+            ).fetchone()
+            return _UNSETTLED if found is None else found[0]
+
+        return self._run(consume, settled)
 
     def set_event(self, workflow_id: str, key: str, value: str) -> None:
         """Publish (or replace) a workflow's event value."""
@@ -586,6 +707,14 @@ class PostgresStore:
         found = self._run(flag)
         return None if found is None else workflow_row(found)
 
+    def owned(self, worker_id: str) -> list[WorkflowRow]:
+        """Unfinished workflows ``worker_id`` holds."""
+        rows = self._fetchall(
+            f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = %s AND {UNFINISHED}",
+            (worker_id,),
+        )
+        return [workflow_row(r) for r in rows]
+
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
         rows = self._fetchall(
@@ -687,3 +816,18 @@ def _redact(conninfo: str) -> str:
         return repr(conninfo)
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return repr(urlunsplit(parts._replace(netloc=netloc)))
+
+
+def _hold(conn: Conn, workflow_id: str, lease: Lease) -> None:
+    """Check that ``lease`` is the workflow's current lease, locking its row FOR SHARE until
+    the transaction ends (a claim skips it meanwhile).
+
+    Raises:
+        OwnershipLost: it is not.
+    """
+    owned = conn.execute(
+        "SELECT 1 FROM workflows WHERE id = %s AND owner = %s AND epoch = %s FOR SHARE",
+        (workflow_id, lease.owner, lease.epoch),
+    ).fetchone()
+    if owned is None:
+        raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")

@@ -42,6 +42,7 @@ from ._rows import (
     WF_COLUMNS,
     attempt_rows,
     step_row,
+    step_values,
     workflow_row,
     workflow_values,
 )
@@ -79,7 +80,7 @@ class SQLiteStore:
         if durability not in ("full", "normal"):
             raise ConfigurationError(f"durability must be 'full' or 'normal', not {durability!r}")
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a transaction step's body may call the store
         self._closed = False
         if path != ":memory:":
             parent = Path(path).expanduser().resolve().parent
@@ -284,6 +285,34 @@ class SQLiteStore:
                 f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
             )
 
+    def append_step_atomically(
+        self, workflow_id: str, key: str, lease: Lease, body: Callable[[Any], StepRow]
+    ) -> StepRow:
+        """Run ``body`` on this store's connection inside the transaction that journals the
+        row it returns (see the protocol)."""
+
+        def transact(conn: sqlite3.Connection) -> StepRow:
+            with self._transaction(conn):
+                _hold(conn, workflow_id, lease)
+                found = conn.execute(
+                    f"SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = ? AND key = ?",
+                    (workflow_id, key),
+                ).fetchone()
+                if found is not None:
+                    return step_row(found)
+                row = body(conn)  # its exceptions roll back and propagate as they are
+                if not conn.in_transaction:
+                    raise ConfigurationError(
+                        f"step {row.name!r} of workflow {workflow_id!r} committed or rolled "
+                        "back the transaction perdure gave it: never call commit() or "
+                        "rollback() in a @perdure.transaction step"
+                    )
+                conn.execute(f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             step_values(row))  # fmt: skip
+                return row
+
+        return self._run(transact)
+
     def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
         """Record a failed attempt, fenced on the lease (one statement, one fsync)."""
         params = (
@@ -396,14 +425,7 @@ class SQLiteStore:
 
         def consume(conn: sqlite3.Connection) -> str | None:
             with self._transaction(conn):
-                owned = conn.execute(
-                    "SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?",
-                    (workflow_id, lease.owner, lease.epoch),
-                ).fetchone()
-                if owned is None:
-                    raise OwnershipLost(
-                        f"worker {lease.owner} no longer holds workflow {workflow_id!r}"
-                    )
+                _hold(conn, workflow_id, lease)
                 found = conn.execute(
                     "SELECT seq, payload FROM messages WHERE workflow_id = ? AND topic = ? "
                     "AND consumed_by IS NULL ORDER BY seq LIMIT 1",
@@ -534,6 +556,16 @@ class SQLiteStore:
         found = self._run(flag)
         return None if found is None else workflow_row(found)
 
+    def owned(self, worker_id: str) -> list[WorkflowRow]:
+        """Unfinished workflows ``worker_id`` holds."""
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = ? AND {UNFINISHED}",
+                (worker_id,),
+            ).fetchall()
+        )
+        return [workflow_row(r) for r in rows]
+
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
         rows = self._run(
@@ -651,3 +683,17 @@ def _named_list(params: dict[str, Any], prefix: str, values: Collection[str]) ->
         params[f"{prefix}{i}"] = value
         names.append(f":{prefix}{i}")
     return ", ".join(names) or "NULL"
+
+
+def _hold(conn: sqlite3.Connection, workflow_id: str, lease: Lease) -> None:
+    """Check, inside the caller's transaction, that ``lease`` is the workflow's current lease.
+
+    Raises:
+        OwnershipLost: it is not.
+    """
+    owned = conn.execute(
+        "SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?",
+        (workflow_id, lease.owner, lease.epoch),
+    ).fetchone()
+    if owned is None:
+        raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
