@@ -489,7 +489,8 @@ def test_postgres_configuration_errors_are_clear(
     with pytest.raises(perdure.StoreUnavailableError, match="cannot open PostgreSQL"):
         open_store("postgresql://postgres@127.0.0.1:1/test?connect_timeout=1")
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    monkeypatch.delitem(sys.modules, "perdure.store.postgres", raising=False)
+    for module in ("postgres", "_pg_waiting", "_pg_base"):
+        monkeypatch.delitem(sys.modules, f"perdure.store.{module}", raising=False)
     with pytest.raises(perdure.ConfigurationError, match=r"perdure\[postgres\]"):
         open_store("postgres://postgres@127.0.0.1/test")
 

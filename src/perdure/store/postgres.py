@@ -22,22 +22,22 @@ schema (created by ``migrate`` if missing), e.g. one schema per test or per appl
 
 from __future__ import annotations
 
-import logging
-import re
-import time
-import typing
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg_pool import ConnectionPool
-
-from .._errors import ConfigurationError, StoreError, StoreUnavailableError
-from ._migrations import load_migrations
+from .._errors import StoreError
+from ._pg_base import (
+    _NOW,
+    _UNSETTLED,
+    MIGRATION_LOCK,
+    TRANSIENT_SQLSTATES,
+    Conn,
+    _hold,
+    split_url,
+    transient,
+)
+from ._pg_waiting import PgWaiting
 from ._protocol import (
-    ApprovalRow,
     AttemptRow,
     Lease,
     OwnershipLost,
@@ -45,10 +45,8 @@ from ._protocol import (
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
-    approval_topic,
 )
 from ._rows import (
-    APPROVAL_COLUMNS,
     ATTEMPT_COLUMNS,
     RUNNABLE,
     STEP_COLUMNS,
@@ -61,34 +59,8 @@ from ._rows import (
     workflow_values,
 )
 
-T = TypeVar("T")
-log = logging.getLogger("perdure")
+__all__ = ["MIGRATION_LOCK", "TRANSIENT_SQLSTATES", "PostgresStore", "split_url", "transient"]
 
-#: ``settled`` found no trace of the write: run it (again).
-_UNSETTLED: Any = object()
-
-#: SQLSTATEs worth retrying: the statement did not take effect and may succeed if run again
-#: (serialization failure, deadlock, lock timeout, server shutdown or restart, too many
-#: connections, connection failures).
-TRANSIENT_SQLSTATES = frozenset(
-    {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "08000", "08001", "08003",
-     "08004", "08006", "08007"}
-)  # fmt: skip
-
-
-def transient(exc: psycopg.Error) -> bool:
-    """Whether a database error is worth retrying: a known transient SQLSTATE, or a failure
-    of the connection itself (no SQLSTATE: the server closed it, the pool timed out)."""
-    if exc.sqlstate is not None:
-        return exc.sqlstate in TRANSIENT_SQLSTATES
-    return isinstance(exc, psycopg.OperationalError)
-
-
-#: Key of the transaction-level advisory lock that serializes migrations ("perdure").
-MIGRATION_LOCK = int.from_bytes(b"perdure", "big")
-
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_NOW = "extract(epoch from clock_timestamp())::double precision"
 _CLAIMABLE = (
     f"{RUNNABLE} AND owner IS DISTINCT FROM %(me)s AND (owner IS NULL "
     "OR owner = ANY(%(dead)s::text[]) OR NOT EXISTS (SELECT 1 FROM workers WHERE "
@@ -110,24 +82,8 @@ _ATTEMPT_SQL = (
     "FROM owned ON CONFLICT DO NOTHING"
 )
 
-Conn = psycopg.Connection[Any]
 
-
-def split_url(url: str) -> tuple[str, str | None]:
-    """Take perdure's own ``schema`` query parameter out of a PostgreSQL URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = None
-    kept = []
-    for key, value in query:
-        if key == "schema":
-            schema = value
-        else:
-            kept.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), schema
-
-
-class PostgresStore:
+class PostgresStore(PgWaiting):
     """A :class:`~perdure.store.Store` on a PostgreSQL database.
 
     Args:
@@ -141,167 +97,6 @@ class PostgresStore:
             restarting, serialization failure, deadlock) before it raises
             ``StoreUnavailableError``.
     """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        schema: str | None = None,
-        min_size: int = 1,
-        max_size: int = 8,
-        connect_timeout: float = 10.0,
-        outage_timeout: float = 120.0,
-    ) -> None:
-        conninfo, url_schema = split_url(url)
-        schema = schema if schema is not None else url_schema
-        if schema is not None and not _SCHEMA_NAME.match(schema):
-            raise ConfigurationError(
-                f"PostgreSQL schema name {schema!r} must be lowercase letters, digits and _"
-            )
-        self.schema = schema
-        self.outage_timeout = outage_timeout
-        self._label = _redact(conninfo) + (f" (schema {schema})" if schema else "")
-        self._closed = False
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "connect_timeout": max(1, int(connect_timeout)),
-        }
-        given_params = dict(parse_qsl(urlsplit(conninfo).query))
-        if "application_name" not in given_params:
-            kwargs["application_name"] = "perdure"
-        if schema is not None:
-            given = given_params.get("options", "")
-            kwargs["options"] = f"{given} -c search_path={schema}".strip()
-        try:  # one direct connection first: a clear, immediate error if it cannot connect
-            psycopg.connect(conninfo, **kwargs).close()
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(
-                f"cannot open PostgreSQL database {self._label}: {exc}"
-            ) from exc
-        self._pool: ConnectionPool[Conn] = ConnectionPool(
-            conninfo,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs=kwargs,
-            timeout=connect_timeout,
-            open=False,
-            name="perdure",
-        )
-        try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except (psycopg.Error, ValueError) as exc:
-            self._pool.close()
-            raise StoreUnavailableError(
-                f"cannot open PostgreSQL database {self._label}: {exc}"
-            ) from exc
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _run(self, fn: Callable[[Conn], T], settled: Callable[[Conn], Any] | None = None) -> T:
-        """Run ``fn`` on a pooled connection, retrying transient failures.
-
-        A lost connection, a server shutting down or restarting, a serialization failure or
-        a deadlock (see :func:`transient`) is retried with backoff for up to
-        ``outage_timeout`` seconds: a database outage pauses the caller and it goes on when
-        the database is back. ``fn`` must be safe to run again after a failure. A write
-        whose commit may have landed although its acknowledgement was lost passes
-        ``settled``: before a retry it looks for the write's effect and returns its result
-        (anything but ``_UNSETTLED``) when the first try did commit.
-        """
-        give_up_at: float | None = None
-        delay = 0.02
-        while True:
-            if self._closed:
-                raise StoreUnavailableError(f"the store for {self._label} is closed")
-            try:
-                with self._pool.connection() as conn:
-                    if give_up_at is not None and settled is not None:
-                        found = settled(conn)
-                        if found is not _UNSETTLED:
-                            return typing.cast(T, found)
-                    result = fn(conn)
-                if give_up_at is not None:
-                    log.warning("perdure: PostgreSQL database %s is reachable again", self._label)
-                return result
-            except psycopg.Error as exc:
-                if not transient(exc):
-                    raise StoreError(f"PostgreSQL database {self._label}: {exc}") from exc
-                now = time.monotonic()
-                if give_up_at is None:
-                    give_up_at = now + self.outage_timeout
-                    log.warning(
-                        "perdure: PostgreSQL database %s failed (%s); retrying for up to %.0f s",
-                        self._label, str(exc).strip(), self.outage_timeout,
-                    )  # fmt: skip
-                if now >= give_up_at:
-                    raise StoreUnavailableError(
-                        f"PostgreSQL database {self._label} is unavailable (still failing "
-                        f"after {self.outage_timeout:.0f} s of retries): {exc}"
-                    ) from exc
-                time.sleep(min(delay, max(0.0, give_up_at - now)))
-                delay = min(delay * 2, 1.0)
-
-    def _rowcount(
-        self, query: str, params: Any, settled: Callable[[Conn], Any] | None = None
-    ) -> int:
-        return self._run(lambda c: c.execute(query, params).rowcount, settled)
-
-    def _fetchall(self, query: str, params: Any = None) -> list[Any]:
-        return self._run(lambda c: c.execute(query, params).fetchall())
-
-    def _fetchone(self, query: str, params: Any = None) -> Any:
-        return self._run(lambda c: c.execute(query, params).fetchone())
-
-    # -- schema ----------------------------------------------------------------------------
-
-    def migrate(self) -> None:
-        """Apply the migration files this database has not seen yet, once across workers."""
-        migrations = load_migrations("postgres")
-
-        def apply(conn: Conn) -> None:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                schema = self.schema
-                # Looked up first: CREATE SCHEMA needs a privilege on the database that an
-                # application role may lack even when its schema exists.
-                if schema is not None and not self._schema_exists(conn, schema):
-                    conn.execute(
-                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-                    )
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS perdure_schema (version INTEGER PRIMARY KEY, "
-                    "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-                )
-                found = conn.execute("SELECT MAX(version) FROM perdure_schema").fetchone()
-                current = (found[0] if found else None) or 0
-                newest = migrations[-1].version if migrations else 0
-                if current > newest:
-                    raise StoreError(
-                        f"PostgreSQL database {self._label} has schema version {current}, newer "
-                        f"than this perdure knows ({newest}): upgrade perdure to open it"
-                    )
-                for migration in migrations:
-                    if migration.version <= current:
-                        continue
-                    for statement in migration.statements:
-                        conn.execute(statement.encode())  # literal SQL, not a template
-                    conn.execute(
-                        f"INSERT INTO perdure_schema VALUES (%s, %s, {_NOW})",
-                        (migration.version, migration.name),
-                    )
-
-        self._run(apply)
-
-    @staticmethod
-    def _schema_exists(conn: Conn, schema: str) -> bool:
-        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
-        return found.fetchone() is not None
-
-    def close(self) -> None:
-        """Close the pool; later calls raise ``StoreUnavailableError``."""
-        if not self._closed:
-            self._closed = True
-            self._pool.close()
 
     # -- workflows -------------------------------------------------------------------------
 
@@ -503,191 +298,7 @@ class PostgresStore:
         )
         return attempt_rows(workflow_id, rows)
 
-    # -- waiting ---------------------------------------------------------------------------
-
-    def suspend_workflow(
-        self, workflow_id: str, lease: Lease, wake_at: float | None, topic: str | None
-    ) -> None:
-        """Unload a waiting workflow (WAITING, no owner), fenced on the lease."""
-        count = self._rowcount(
-            # A cancellation asked before the suspension wakes it at once (wake_at = 0, as
-            # request_cancel does for a workflow already waiting).
-            "UPDATE workflows SET status = 'WAITING', owner = NULL, wake_at = CASE WHEN "
-            "cancel_requested = 1 THEN 0 ELSE %s::double precision END, "
-            f"wait_topic = %s, updated_at = {_NOW} WHERE id = %s AND owner = %s AND epoch = %s "
-            f"AND {RUNNABLE}",
-            (wake_at, topic, workflow_id, lease.owner, lease.epoch),
-        )
-        if count != 1:
-            raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
-
-    def claim_ready(
-        self, worker_id: str, names: Collection[str], now: float, limit: int
-    ) -> list[WorkflowRow]:
-        """Take WAITING workflows whose timer is due, whose message came, or that were
-        cancelled."""
-        if not names:
-            return []
-        params = {"me": worker_id, "now": now, "limit": limit, "names": list(names)}
-        # The candidates come from the two partial indexes (due timers; unconsumed messages);
-        # the rows are then locked, skipping those another claimer holds. A cancelled waiting
-        # workflow has wake_at = 0 (see request_cancel), so it is a due timer.
-        query = (
-            "UPDATE workflows SET owner = %(me)s, status = 'RUNNING', epoch = epoch + 1, "
-            "wake_at = NULL, wait_topic = NULL, updated_at = %(now)s WHERE id IN ("
-            "SELECT id FROM workflows WHERE status = 'WAITING' "
-            "AND name = ANY(%(names)s::text[]) AND id IN ("
-            "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= %(now)s "
-            "UNION SELECT m.workflow_id FROM messages m JOIN workflows w ON "
-            "w.id = m.workflow_id AND w.wait_topic = m.topic WHERE m.consumed_by IS NULL "
-            "AND w.status = 'WAITING') "
-            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {WF_COLUMNS}"
-        )
-        return [workflow_row(r) for r in self._fetchall(query, params)]
-
-    def next_wake(self, names: Collection[str]) -> float | None:
-        """The earliest timer among WAITING workflows of these names."""
-        if not names:
-            return None
-        found = self._fetchone(
-            "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
-            "name = ANY(%s::text[])",
-            (list(names),),
-        )
-        return None if found is None or found[0] is None else float(found[0])
-
-    def send_message(
-        self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
-    ) -> bool:
-        """Queue a message; False if its idempotency key was used before."""
-        return (
-            self._rowcount(
-                "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, sent_at) "
-                f"VALUES (%s, %s, %s, %s, {_NOW}) ON CONFLICT DO NOTHING",
-                (workflow_id, topic, payload, idempotency_key),
-            )
-            == 1
-        )
-
-    def consume_message(
-        self, workflow_id: str, topic: str, step: StepRow, lease: Lease
-    ) -> str | None:
-        """Take the oldest message on ``topic`` and journal it as ``step``, atomically."""
-
-        def consume(conn: Conn) -> str | None:
-            with conn.transaction():
-                _hold(conn, workflow_id, lease)
-                found = conn.execute(
-                    "SELECT seq, payload FROM messages WHERE workflow_id = %s AND topic = %s "
-                    "AND consumed_by IS NULL ORDER BY seq LIMIT 1 FOR UPDATE",
-                    (workflow_id, topic),
-                ).fetchone()
-                if found is None:
-                    return None
-                conn.execute(
-                    "UPDATE messages SET consumed_by = %s WHERE seq = %s", (step.key, found[0])
-                )
-                conn.execute(
-                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (step.workflow_id, step.position, step.key, step.name, step.status.value,
-                     found[1], None, step.started_at, step.finished_at, step.attempts),
-                )  # fmt: skip
-                return str(found[1])
-
-        def settled(conn: Conn) -> Any:
-            found = conn.execute(
-                "SELECT output FROM steps WHERE workflow_id = %s AND key = %s",
-                (workflow_id, step.key),
-            ).fetchone()
-            return _UNSETTLED if found is None else found[0]
-
-        return self._run(consume, settled)
-
-    def set_event(self, workflow_id: str, key: str, value: str) -> None:
-        """Publish (or replace) a workflow's event value."""
-        self._rowcount(
-            "INSERT INTO events (workflow_id, key, value, updated_at) "
-            f"VALUES (%s, %s, %s, {_NOW}) "
-            "ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value, "
-            "updated_at = excluded.updated_at",
-            (workflow_id, key, value),
-        )
-
-    def get_event(self, workflow_id: str, key: str) -> str | None:
-        """A workflow's event value, or None."""
-        found = self._fetchone(
-            "SELECT value FROM events WHERE workflow_id = %s AND key = %s", (workflow_id, key)
-        )
-        return None if found is None else str(found[0])
-
-    def request_approval(self, row: ApprovalRow) -> None:
-        """Record a pending approval (a no-op if already recorded)."""
-        self._rowcount(
-            "INSERT INTO approvals (workflow_id, name, details, status, requested_at) "
-            "VALUES (%s, %s, %s, 'PENDING', %s) ON CONFLICT DO NOTHING",
-            (row.workflow_id, row.name, row.details, row.requested_at),
-        )
-
-    def decide_approval(
-        self,
-        workflow_id: str,
-        name: str,
-        status: str,
-        by: str | None,
-        comment: str | None,
-        message: str,
-    ) -> bool:
-        """Decide a pending approval and queue the decision message, in one transaction."""
-
-        def decide(conn: Conn) -> bool:
-            with conn.transaction():
-                cur = conn.execute(
-                    f"UPDATE approvals SET status = %s, decided_at = {_NOW}, decided_by = %s, "
-                    "comment = %s WHERE workflow_id = %s AND name = %s AND status = 'PENDING' "
-                    "RETURNING decided_at",
-                    (status, by, comment, workflow_id, name),
-                )
-                decided = cur.fetchone()
-                if decided is None:
-                    return False
-                conn.execute(
-                    "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, "
-                    "sent_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    (workflow_id, approval_topic(name), message, "decision", decided[0]),
-                )
-                return True
-
-        return self._run(decide)
-
-    def close_approval(self, workflow_id: str, name: str, status: str) -> ApprovalRow | None:
-        """Mark a pending approval as ended without a decision; return the row as it is
-        then (a decision that landed first stays, and is returned)."""
-        self._rowcount(
-            f"UPDATE approvals SET status = %s, decided_at = {_NOW} WHERE workflow_id = %s "
-            "AND name = %s AND status = 'PENDING'",
-            (status, workflow_id, name),
-        )
-        found = self._fetchone(
-            f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
-            "workflows.id = approvals.workflow_id WHERE approvals.workflow_id = %s "
-            "AND approvals.name = %s",
-            (workflow_id, name),
-        )
-        return None if found is None else ApprovalRow(*found)
-
-    def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
-        """PENDING approvals oldest first, or all newest first."""
-        where = "WHERE approvals.status = 'PENDING'" if pending_only else ""
-        order = "" if pending_only else "DESC"  # the oldest waiting first; else the newest
-        rows = self._fetchall(
-            f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
-            f"workflows.id = approvals.workflow_id {where} ORDER BY requested_at {order} "
-            "LIMIT %s",
-            (limit,),
-        )
-        return [ApprovalRow(*r) for r in rows]
+    # -- cancellation ----------------------------------------------------------------------
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
         """Flag an unfinished workflow for cancellation; return its row."""
@@ -807,27 +418,3 @@ class PostgresStore:
             f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {UNFINISHED})",
             (list(worker_ids),),
         )
-
-
-def _redact(conninfo: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(conninfo)
-    if parts.password is None:
-        return repr(conninfo)
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return repr(urlunsplit(parts._replace(netloc=netloc)))
-
-
-def _hold(conn: Conn, workflow_id: str, lease: Lease) -> None:
-    """Check that ``lease`` is the workflow's current lease, locking its row FOR SHARE until
-    the transaction ends (a claim skips it meanwhile).
-
-    Raises:
-        OwnershipLost: it is not.
-    """
-    owned = conn.execute(
-        "SELECT 1 FROM workflows WHERE id = %s AND owner = %s AND epoch = %s FOR SHARE",
-        (workflow_id, lease.owner, lease.epoch),
-    ).fetchone()
-    if owned is None:
-        raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")

@@ -13,17 +13,12 @@ Every journal write is a single autocommitted statement: one transaction, one fs
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
-from .._errors import ConfigurationError, StoreError, StoreUnavailableError
-from ._migrations import load_migrations
+from .._errors import ConfigurationError
 from ._protocol import (
-    ApprovalRow,
     AttemptRow,
     Lease,
     OwnershipLost,
@@ -31,10 +26,8 @@ from ._protocol import (
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
-    approval_topic,
 )
 from ._rows import (
-    APPROVAL_COLUMNS,
     ATTEMPT_COLUMNS,
     RUNNABLE,
     STEP_COLUMNS,
@@ -46,8 +39,8 @@ from ._rows import (
     workflow_row,
     workflow_values,
 )
-
-T = TypeVar("T")
+from ._sqlite_base import _hold, _named_list
+from ._sqlite_waiting import SQLiteWaiting
 
 _CLAIMABLE = (
     f"{RUNNABLE} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
@@ -60,7 +53,7 @@ _APPEND_SQL = (
 )
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteWaiting):
     """A :class:`~perdure.store.Store` on one SQLite database file.
 
     Args:
@@ -69,98 +62,6 @@ class SQLiteStore:
         busy_timeout: seconds to wait for another process's write lock before failing; keep
             it below the engines' lease so a blocked heartbeat cannot outlive the lease.
     """
-
-    def __init__(
-        self,
-        path: str,
-        *,
-        durability: Literal["full", "normal"] = "full",
-        busy_timeout: float = 5.0,
-    ) -> None:
-        if durability not in ("full", "normal"):
-            raise ConfigurationError(f"durability must be 'full' or 'normal', not {durability!r}")
-        self.path = path
-        self._lock = threading.RLock()  # a transaction step's body may call the store
-        self._closed = False
-        if path != ":memory:":
-            parent = Path(path).expanduser().resolve().parent
-            if not parent.is_dir():
-                raise StoreUnavailableError(
-                    f"cannot open SQLite database {path!r}: folder {str(parent)!r} does not exist"
-                )
-        try:
-            self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={durability.upper()}")
-            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"cannot open SQLite database {path!r}: {exc}") from exc
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailableError(f"the store for {self.path!r} is closed")
-            try:
-                return fn(self._conn)
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailableError(f"SQLite database {self.path!r}: {exc}") from exc
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"SQLite database {self.path!r}: {exc}") from exc
-
-    @staticmethod
-    @contextmanager
-    def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")  # never leave the write lock held after a failure
-            raise
-
-    # -- schema ----------------------------------------------------------------------------
-
-    def migrate(self) -> None:
-        """Apply the migration files this database has not seen yet."""
-        migrations = load_migrations("sqlite")
-
-        def apply(conn: sqlite3.Connection) -> None:
-            with self._transaction(conn):
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS perdure_schema "
-                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-                )
-                current = conn.execute("SELECT MAX(version) FROM perdure_schema").fetchone()[0]
-                current = current or 0
-                newest = migrations[-1].version if migrations else 0
-                if current > newest:
-                    raise StoreError(
-                        f"SQLite database {self.path!r} has schema version {current}, newer than "
-                        f"this perdure knows ({newest}): upgrade perdure to open it"
-                    )
-                for migration in migrations:
-                    if migration.version <= current:
-                        continue
-                    for statement in migration.statements:
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO perdure_schema VALUES (?, ?, ?)",
-                        (migration.version, migration.name, time.time()),
-                    )
-
-        self._run(apply)
-
-    def close(self) -> None:
-        """Close the connection; later calls raise ``StoreUnavailableError``."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
 
     # -- workflows -------------------------------------------------------------------------
 
@@ -341,204 +242,7 @@ class SQLiteStore:
         )
         return attempt_rows(workflow_id, rows)
 
-    # -- waiting ---------------------------------------------------------------------------
-
-    def suspend_workflow(
-        self, workflow_id: str, lease: Lease, wake_at: float | None, topic: str | None
-    ) -> None:
-        """Unload a waiting workflow (WAITING, no owner), fenced on the lease."""
-        cur = self._run(
-            lambda c: c.execute(
-                # A cancellation asked before the suspension wakes it at once (wake_at = 0,
-                # as request_cancel does for a workflow already waiting).
-                "UPDATE workflows SET status = 'WAITING', owner = NULL, wake_at = CASE WHEN "
-                "cancel_requested = 1 THEN 0 ELSE ? END, "
-                "wait_topic = ?, updated_at = ? WHERE id = ? AND owner = ? AND epoch = ? "
-                f"AND {RUNNABLE}",
-                (wake_at, topic, time.time(), workflow_id, lease.owner, lease.epoch),
-            )
-        )
-        if cur.rowcount != 1:
-            raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
-
-    def claim_ready(
-        self, worker_id: str, names: Collection[str], now: float, limit: int
-    ) -> list[WorkflowRow]:
-        """Take WAITING workflows whose timer is due, whose message came, or that were
-        cancelled."""
-        if not names:
-            return []
-        params: dict[str, Any] = {"me": worker_id, "now": now, "limit": limit}
-        wanted = _named_list(params, "name", names)
-        # Driven by the two partial indexes (due timers; unconsumed messages), so a poll
-        # costs microseconds however many workflows wait. A cancelled waiting workflow has
-        # wake_at = 0 (see request_cancel), so it is a due timer.
-        sql = (
-            "UPDATE workflows SET owner = :me, status = 'RUNNING', epoch = epoch + 1, "
-            "wake_at = NULL, wait_topic = NULL, updated_at = :now WHERE id IN ("
-            "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= :now "
-            f"AND name IN ({wanted}) "
-            "UNION SELECT m.workflow_id FROM messages m WHERE m.consumed_by IS NULL AND EXISTS "
-            "(SELECT 1 FROM workflows w WHERE w.id = m.workflow_id AND w.status = 'WAITING' "
-            f"AND w.wait_topic = m.topic AND w.name IN ({wanted})) LIMIT :limit) "
-            f"RETURNING {WF_COLUMNS}"
-        )
-
-        def claim(conn: sqlite3.Connection) -> list[Any]:
-            with self._transaction(conn):
-                return conn.execute(sql, params).fetchall()
-
-        return [workflow_row(r) for r in self._run(claim)]
-
-    def next_wake(self, names: Collection[str]) -> float | None:
-        """The earliest timer among WAITING workflows of these names."""
-        if not names:
-            return None
-        params: dict[str, Any] = {}
-        wanted = _named_list(params, "name", names)
-        found = self._run(
-            lambda c: c.execute(
-                "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
-                f"name IN ({wanted})",
-                params,
-            ).fetchone()
-        )
-        return None if found is None or found[0] is None else float(found[0])
-
-    def send_message(
-        self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
-    ) -> bool:
-        """Queue a message; False if its idempotency key was used before."""
-        cur = self._run(
-            lambda c: c.execute(
-                "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, sent_at) "
-                "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (workflow_id, topic, payload, idempotency_key, time.time()),
-            )
-        )
-        return bool(cur.rowcount == 1)
-
-    def consume_message(
-        self, workflow_id: str, topic: str, step: StepRow, lease: Lease
-    ) -> str | None:
-        """Take the oldest message on ``topic`` and journal it as ``step``, atomically."""
-
-        def consume(conn: sqlite3.Connection) -> str | None:
-            with self._transaction(conn):
-                _hold(conn, workflow_id, lease)
-                found = conn.execute(
-                    "SELECT seq, payload FROM messages WHERE workflow_id = ? AND topic = ? "
-                    "AND consumed_by IS NULL ORDER BY seq LIMIT 1",
-                    (workflow_id, topic),
-                ).fetchone()
-                if found is None:
-                    return None
-                conn.execute(
-                    "UPDATE messages SET consumed_by = ? WHERE seq = ?", (step.key, found[0])
-                )
-                conn.execute(
-                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (step.workflow_id, step.position, step.key, step.name, step.status.value,
-                     found[1], None, step.started_at, step.finished_at, step.attempts),
-                )  # fmt: skip
-                return str(found[1])
-
-        return self._run(consume)
-
-    def set_event(self, workflow_id: str, key: str, value: str) -> None:
-        """Publish (or replace) a workflow's event value."""
-        self._run(
-            lambda c: c.execute(
-                "INSERT INTO events (workflow_id, key, value, updated_at) VALUES (?,?,?,?) "
-                "ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value, "
-                "updated_at = excluded.updated_at",
-                (workflow_id, key, value, time.time()),
-            )
-        )
-
-    def get_event(self, workflow_id: str, key: str) -> str | None:
-        """A workflow's event value, or None."""
-        found = self._run(
-            lambda c: c.execute(
-                "SELECT value FROM events WHERE workflow_id = ? AND key = ?", (workflow_id, key)
-            ).fetchone()
-        )
-        return None if found is None else str(found[0])
-
-    def request_approval(self, row: ApprovalRow) -> None:
-        """Record a pending approval (a no-op if already recorded)."""
-        self._run(
-            lambda c: c.execute(
-                "INSERT INTO approvals (workflow_id, name, details, status, requested_at) "
-                "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (row.workflow_id, row.name, row.details, "PENDING", row.requested_at),
-            )
-        )
-
-    def decide_approval(
-        self,
-        workflow_id: str,
-        name: str,
-        status: str,
-        by: str | None,
-        comment: str | None,
-        message: str,
-    ) -> bool:
-        """Decide a pending approval and queue the decision message, in one transaction."""
-
-        def decide(conn: sqlite3.Connection) -> bool:
-            with self._transaction(conn):
-                now = time.time()
-                cur = conn.execute(
-                    "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, "
-                    "comment = ? WHERE workflow_id = ? AND name = ? AND status = 'PENDING'",
-                    (status, now, by, comment, workflow_id, name),
-                )
-                if cur.rowcount != 1:
-                    return False
-                conn.execute(
-                    "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, "
-                    "sent_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                    (workflow_id, approval_topic(name), message, "decision", now),
-                )
-                return True
-
-        return self._run(decide)
-
-    def close_approval(self, workflow_id: str, name: str, status: str) -> ApprovalRow | None:
-        """Mark a pending approval as ended without a decision; return the row as it is
-        then (a decision that landed first stays, and is returned)."""
-
-        def close(conn: sqlite3.Connection) -> Any:
-            with self._transaction(conn):
-                conn.execute(
-                    "UPDATE approvals SET status = ?, decided_at = ? WHERE workflow_id = ? "
-                    "AND name = ? AND status = 'PENDING'",
-                    (status, time.time(), workflow_id, name),
-                )
-                return conn.execute(
-                    f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
-                    "workflows.id = approvals.workflow_id WHERE approvals.workflow_id = ? "
-                    "AND approvals.name = ?",
-                    (workflow_id, name),
-                ).fetchone()
-
-        found = self._run(close)
-        return None if found is None else ApprovalRow(*found)
-
-    def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
-        """Approvals, oldest first."""
-        where = "WHERE approvals.status = 'PENDING'" if pending_only else ""
-        order = "" if pending_only else "DESC"  # the oldest waiting first; else the newest
-        rows = self._run(
-            lambda c: c.execute(
-                f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
-                f"workflows.id = approvals.workflow_id {where} ORDER BY requested_at {order} "
-                "LIMIT ?",
-                (limit,),
-            ).fetchall()
-        )
-        return [ApprovalRow(*r) for r in rows]
+    # -- cancellation ----------------------------------------------------------------------
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
         """Flag an unfinished workflow for cancellation; return its row."""
@@ -674,26 +378,3 @@ class SQLiteStore:
                 params,
             )
         )
-
-
-def _named_list(params: dict[str, Any], prefix: str, values: Collection[str]) -> str:
-    """Add ``values`` to ``params`` as :prefix0, :prefix1...; return the placeholder list."""
-    names = []
-    for i, value in enumerate(values):
-        params[f"{prefix}{i}"] = value
-        names.append(f":{prefix}{i}")
-    return ", ".join(names) or "NULL"
-
-
-def _hold(conn: sqlite3.Connection, workflow_id: str, lease: Lease) -> None:
-    """Check, inside the caller's transaction, that ``lease`` is the workflow's current lease.
-
-    Raises:
-        OwnershipLost: it is not.
-    """
-    owned = conn.execute(
-        "SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?",
-        (workflow_id, lease.owner, lease.epoch),
-    ).fetchone()
-    if owned is None:
-        raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")

@@ -1,0 +1,266 @@
+"""PostgreSQL plumbing shared by the store's parts: the connection pool, the retry of
+transient failures, migrations, and the SQL fragments every part uses.
+
+psycopg 3 (sync API) with a connection pool: the engine calls the store from several threads,
+and each call borrows a connection for one statement or one transaction. Connections are in
+autocommit mode, so a single statement is its own transaction; the few multi-statement
+operations run in an explicit transaction.
+
+Transient failures (a lost connection, a server restarting, a serialization failure or a
+deadlock) are retried with backoff by :meth:`PgBase._run`, for up to ``outage_timeout``
+seconds: an outage pauses the engine and it goes on when the database is back. Writes whose
+commit may have landed although the acknowledgement was lost check for their own effect
+before running again, so a retry never applies a write twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from .._errors import ConfigurationError, StoreError, StoreUnavailableError
+from ._migrations import load_migrations
+from ._protocol import Lease, OwnershipLost
+
+T = TypeVar("T")
+log = logging.getLogger("perdure")
+
+#: ``settled`` found no trace of the write: run it (again).
+_UNSETTLED: Any = object()
+
+#: SQLSTATEs worth retrying: the statement did not take effect and may succeed if run again
+#: (serialization failure, deadlock, lock timeout, server shutdown or restart, too many
+#: connections, connection failures).
+TRANSIENT_SQLSTATES = frozenset(
+    {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "08000", "08001", "08003",
+     "08004", "08006", "08007"}
+)  # fmt: skip
+
+
+def transient(exc: psycopg.Error) -> bool:
+    """Whether a database error is worth retrying: a known transient SQLSTATE, or a failure
+    of the connection itself (no SQLSTATE: the server closed it, the pool timed out)."""
+    if exc.sqlstate is not None:
+        return exc.sqlstate in TRANSIENT_SQLSTATES
+    return isinstance(exc, psycopg.OperationalError)
+
+
+#: Key of the transaction-level advisory lock that serializes migrations ("perdure").
+MIGRATION_LOCK = int.from_bytes(b"perdure", "big")
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_NOW = "extract(epoch from clock_timestamp())::double precision"
+Conn = psycopg.Connection[Any]
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """Take perdure's own ``schema`` query parameter out of a PostgreSQL URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = None
+    kept = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            kept.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), schema
+
+
+class PgBase:
+    """The connection pool and its plumbing (see :class:`~perdure.store.postgres.PostgresStore`
+    for the arguments)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 8,
+        connect_timeout: float = 10.0,
+        outage_timeout: float = 120.0,
+    ) -> None:
+        conninfo, url_schema = split_url(url)
+        schema = schema if schema is not None else url_schema
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise ConfigurationError(
+                f"PostgreSQL schema name {schema!r} must be lowercase letters, digits and _"
+            )
+        self.schema = schema
+        self.outage_timeout = outage_timeout
+        self._label = _redact(conninfo) + (f" (schema {schema})" if schema else "")
+        self._closed = False
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, int(connect_timeout)),
+        }
+        given_params = dict(parse_qsl(urlsplit(conninfo).query))
+        if "application_name" not in given_params:
+            kwargs["application_name"] = "perdure"
+        if schema is not None:
+            given = given_params.get("options", "")
+            kwargs["options"] = f"{given} -c search_path={schema}".strip()
+        try:  # one direct connection first: a clear, immediate error if it cannot connect
+            psycopg.connect(conninfo, **kwargs).close()
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"cannot open PostgreSQL database {self._label}: {exc}"
+            ) from exc
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=kwargs,
+            timeout=connect_timeout,
+            open=False,
+            name="perdure",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except (psycopg.Error, ValueError) as exc:
+            self._pool.close()
+            raise StoreUnavailableError(
+                f"cannot open PostgreSQL database {self._label}: {exc}"
+            ) from exc
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[Conn], T], settled: Callable[[Conn], Any] | None = None) -> T:
+        """Run ``fn`` on a pooled connection, retrying transient failures.
+
+        A lost connection, a server shutting down or restarting, a serialization failure or
+        a deadlock (see :func:`transient`) is retried with backoff for up to
+        ``outage_timeout`` seconds: a database outage pauses the caller and it goes on when
+        the database is back. ``fn`` must be safe to run again after a failure. A write
+        whose commit may have landed although its acknowledgement was lost passes
+        ``settled``: before a retry it looks for the write's effect and returns its result
+        (anything but ``_UNSETTLED``) when the first try did commit.
+        """
+        give_up_at: float | None = None
+        delay = 0.02
+        while True:
+            if self._closed:
+                raise StoreUnavailableError(f"the store for {self._label} is closed")
+            try:
+                with self._pool.connection() as conn:
+                    if give_up_at is not None and settled is not None:
+                        found = settled(conn)
+                        if found is not _UNSETTLED:
+                            return typing.cast(T, found)
+                    result = fn(conn)
+                if give_up_at is not None:
+                    log.warning("perdure: PostgreSQL database %s is reachable again", self._label)
+                return result
+            except psycopg.Error as exc:
+                if not transient(exc):
+                    raise StoreError(f"PostgreSQL database {self._label}: {exc}") from exc
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + self.outage_timeout
+                    log.warning(
+                        "perdure: PostgreSQL database %s failed (%s); retrying for up to %.0f s",
+                        self._label, str(exc).strip(), self.outage_timeout,
+                    )  # fmt: skip
+                if now >= give_up_at:
+                    raise StoreUnavailableError(
+                        f"PostgreSQL database {self._label} is unavailable (still failing "
+                        f"after {self.outage_timeout:.0f} s of retries): {exc}"
+                    ) from exc
+                time.sleep(min(delay, max(0.0, give_up_at - now)))
+                delay = min(delay * 2, 1.0)
+
+    def _rowcount(
+        self, query: str, params: Any, settled: Callable[[Conn], Any] | None = None
+    ) -> int:
+        return self._run(lambda c: c.execute(query, params).rowcount, settled)
+
+    def _fetchall(self, query: str, params: Any = None) -> list[Any]:
+        return self._run(lambda c: c.execute(query, params).fetchall())
+
+    def _fetchone(self, query: str, params: Any = None) -> Any:
+        return self._run(lambda c: c.execute(query, params).fetchone())
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply the migration files this database has not seen yet, once across workers."""
+        migrations = load_migrations("postgres")
+
+        def apply(conn: Conn) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                schema = self.schema
+                # Looked up first: CREATE SCHEMA needs a privilege on the database that an
+                # application role may lack even when its schema exists.
+                if schema is not None and not self._schema_exists(conn, schema):
+                    conn.execute(
+                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                    )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS perdure_schema (version INTEGER PRIMARY KEY, "
+                    "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                found = conn.execute("SELECT MAX(version) FROM perdure_schema").fetchone()
+                current = (found[0] if found else None) or 0
+                newest = migrations[-1].version if migrations else 0
+                if current > newest:
+                    raise StoreError(
+                        f"PostgreSQL database {self._label} has schema version {current}, newer "
+                        f"than this perdure knows ({newest}): upgrade perdure to open it"
+                    )
+                for migration in migrations:
+                    if migration.version <= current:
+                        continue
+                    for statement in migration.statements:
+                        conn.execute(statement.encode())  # literal SQL, not a template
+                    conn.execute(
+                        f"INSERT INTO perdure_schema VALUES (%s, %s, {_NOW})",
+                        (migration.version, migration.name),
+                    )
+
+        self._run(apply)
+
+    @staticmethod
+    def _schema_exists(conn: Conn, schema: str) -> bool:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        return found.fetchone() is not None
+
+    def close(self) -> None:
+        """Close the pool; later calls raise ``StoreUnavailableError``."""
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
+
+
+def _redact(conninfo: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(conninfo)
+    if parts.password is None:
+        return repr(conninfo)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return repr(urlunsplit(parts._replace(netloc=netloc)))
+
+
+def _hold(conn: Conn, workflow_id: str, lease: Lease) -> None:
+    """Check that ``lease`` is the workflow's current lease, locking its row FOR SHARE until
+    the transaction ends (a claim skips it meanwhile).
+
+    Raises:
+        OwnershipLost: it is not.
+    """
+    owned = conn.execute(
+        "SELECT 1 FROM workflows WHERE id = %s AND owner = %s AND epoch = %s FOR SHARE",
+        (workflow_id, lease.owner, lease.epoch),
+    ).fetchone()
+    if owned is None:
+        raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")

@@ -1,0 +1,198 @@
+"""PostgreSQL: waiting workflows, messages, events and approvals (a part of the store)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from ._pg_base import _NOW, _UNSETTLED, Conn, PgBase, _hold
+from ._protocol import ApprovalRow, Lease, OwnershipLost, StepRow, WorkflowRow, approval_topic
+from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, WF_COLUMNS, workflow_row
+
+
+class PgWaiting(PgBase):
+    """Suspension and wake-up, messages, events and approvals."""
+
+    def suspend_workflow(
+        self, workflow_id: str, lease: Lease, wake_at: float | None, topic: str | None
+    ) -> None:
+        """Unload a waiting workflow (WAITING, no owner), fenced on the lease."""
+        count = self._rowcount(
+            # A cancellation asked before the suspension wakes it at once (wake_at = 0, as
+            # request_cancel does for a workflow already waiting).
+            "UPDATE workflows SET status = 'WAITING', owner = NULL, wake_at = CASE WHEN "
+            "cancel_requested = 1 THEN 0 ELSE %s::double precision END, "
+            f"wait_topic = %s, updated_at = {_NOW} WHERE id = %s AND owner = %s AND epoch = %s "
+            f"AND {RUNNABLE}",
+            (wake_at, topic, workflow_id, lease.owner, lease.epoch),
+        )
+        if count != 1:
+            raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
+
+    def claim_ready(
+        self, worker_id: str, names: Collection[str], now: float, limit: int
+    ) -> list[WorkflowRow]:
+        """Take WAITING workflows whose timer is due, whose message came, or that were
+        cancelled."""
+        if not names:
+            return []
+        params = {"me": worker_id, "now": now, "limit": limit, "names": list(names)}
+        # The candidates come from the two partial indexes (due timers; unconsumed messages);
+        # the rows are then locked, skipping those another claimer holds. A cancelled waiting
+        # workflow has wake_at = 0 (see request_cancel), so it is a due timer.
+        query = (
+            "UPDATE workflows SET owner = %(me)s, status = 'RUNNING', epoch = epoch + 1, "
+            "wake_at = NULL, wait_topic = NULL, updated_at = %(now)s WHERE id IN ("
+            "SELECT id FROM workflows WHERE status = 'WAITING' "
+            "AND name = ANY(%(names)s::text[]) AND id IN ("
+            "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= %(now)s "
+            "UNION SELECT m.workflow_id FROM messages m JOIN workflows w ON "
+            "w.id = m.workflow_id AND w.wait_topic = m.topic WHERE m.consumed_by IS NULL "
+            "AND w.status = 'WAITING') "
+            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {WF_COLUMNS}"
+        )
+        return [workflow_row(r) for r in self._fetchall(query, params)]
+
+    def next_wake(self, names: Collection[str]) -> float | None:
+        """The earliest timer among WAITING workflows of these names."""
+        if not names:
+            return None
+        found = self._fetchone(
+            "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
+            "name = ANY(%s::text[])",
+            (list(names),),
+        )
+        return None if found is None or found[0] is None else float(found[0])
+
+    def send_message(
+        self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
+    ) -> bool:
+        """Queue a message; False if its idempotency key was used before."""
+        return (
+            self._rowcount(
+                "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, sent_at) "
+                f"VALUES (%s, %s, %s, %s, {_NOW}) ON CONFLICT DO NOTHING",
+                (workflow_id, topic, payload, idempotency_key),
+            )
+            == 1
+        )
+
+    def consume_message(
+        self, workflow_id: str, topic: str, step: StepRow, lease: Lease
+    ) -> str | None:
+        """Take the oldest message on ``topic`` and journal it as ``step``, atomically."""
+
+        def consume(conn: Conn) -> str | None:
+            with conn.transaction():
+                _hold(conn, workflow_id, lease)
+                found = conn.execute(
+                    "SELECT seq, payload FROM messages WHERE workflow_id = %s AND topic = %s "
+                    "AND consumed_by IS NULL ORDER BY seq LIMIT 1 FOR UPDATE",
+                    (workflow_id, topic),
+                ).fetchone()
+                if found is None:
+                    return None
+                conn.execute(
+                    "UPDATE messages SET consumed_by = %s WHERE seq = %s", (step.key, found[0])
+                )
+                conn.execute(
+                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (step.workflow_id, step.position, step.key, step.name, step.status.value,
+                     found[1], None, step.started_at, step.finished_at, step.attempts),
+                )  # fmt: skip
+                return str(found[1])
+
+        def settled(conn: Conn) -> Any:
+            found = conn.execute(
+                "SELECT output FROM steps WHERE workflow_id = %s AND key = %s",
+                (workflow_id, step.key),
+            ).fetchone()
+            return _UNSETTLED if found is None else found[0]
+
+        return self._run(consume, settled)
+
+    def set_event(self, workflow_id: str, key: str, value: str) -> None:
+        """Publish (or replace) a workflow's event value."""
+        self._rowcount(
+            "INSERT INTO events (workflow_id, key, value, updated_at) "
+            f"VALUES (%s, %s, %s, {_NOW}) "
+            "ON CONFLICT (workflow_id, key) DO UPDATE SET value = excluded.value, "
+            "updated_at = excluded.updated_at",
+            (workflow_id, key, value),
+        )
+
+    def get_event(self, workflow_id: str, key: str) -> str | None:
+        """A workflow's event value, or None."""
+        found = self._fetchone(
+            "SELECT value FROM events WHERE workflow_id = %s AND key = %s", (workflow_id, key)
+        )
+        return None if found is None else str(found[0])
+
+    def request_approval(self, row: ApprovalRow) -> None:
+        """Record a pending approval (a no-op if already recorded)."""
+        self._rowcount(
+            "INSERT INTO approvals (workflow_id, name, details, status, requested_at) "
+            "VALUES (%s, %s, %s, 'PENDING', %s) ON CONFLICT DO NOTHING",
+            (row.workflow_id, row.name, row.details, row.requested_at),
+        )
+
+    def decide_approval(
+        self,
+        workflow_id: str,
+        name: str,
+        status: str,
+        by: str | None,
+        comment: str | None,
+        message: str,
+    ) -> bool:
+        """Decide a pending approval and queue the decision message, in one transaction."""
+
+        def decide(conn: Conn) -> bool:
+            with conn.transaction():
+                cur = conn.execute(
+                    f"UPDATE approvals SET status = %s, decided_at = {_NOW}, decided_by = %s, "
+                    "comment = %s WHERE workflow_id = %s AND name = %s AND status = 'PENDING' "
+                    "RETURNING decided_at",
+                    (status, by, comment, workflow_id, name),
+                )
+                decided = cur.fetchone()
+                if decided is None:
+                    return False
+                conn.execute(
+                    "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, "
+                    "sent_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (workflow_id, approval_topic(name), message, "decision", decided[0]),
+                )
+                return True
+
+        return self._run(decide)
+
+    def close_approval(self, workflow_id: str, name: str, status: str) -> ApprovalRow | None:
+        """Mark a pending approval as ended without a decision; return the row as it is
+        then (a decision that landed first stays, and is returned)."""
+        self._rowcount(
+            f"UPDATE approvals SET status = %s, decided_at = {_NOW} WHERE workflow_id = %s "
+            "AND name = %s AND status = 'PENDING'",
+            (status, workflow_id, name),
+        )
+        found = self._fetchone(
+            f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
+            "workflows.id = approvals.workflow_id WHERE approvals.workflow_id = %s "
+            "AND approvals.name = %s",
+            (workflow_id, name),
+        )
+        return None if found is None else ApprovalRow(*found)
+
+    def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
+        """PENDING approvals oldest first, or all newest first."""
+        where = "WHERE approvals.status = 'PENDING'" if pending_only else ""
+        order = "" if pending_only else "DESC"  # the oldest waiting first; else the newest
+        rows = self._fetchall(
+            f"SELECT {APPROVAL_COLUMNS} FROM approvals JOIN workflows ON "
+            f"workflows.id = approvals.workflow_id {where} ORDER BY requested_at {order} "
+            "LIMIT %s",
+            (limit,),
+        )
+        return [ApprovalRow(*r) for r in rows]

@@ -1,0 +1,138 @@
+"""SQLite plumbing shared by the store's parts: the connection, its lock, transactions and
+migrations, and the helpers every part uses."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .._errors import ConfigurationError, StoreError, StoreUnavailableError
+from ._migrations import load_migrations
+from ._protocol import Lease, OwnershipLost
+
+T = TypeVar("T")
+
+
+class SQLiteBase:
+    """One connection guarded by a lock (see :class:`~perdure.store.sqlite.SQLiteStore` for
+    the arguments)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: Literal["full", "normal"] = "full",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ConfigurationError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.path = path
+        self._lock = threading.RLock()  # a transaction step's body may call the store
+        self._closed = False
+        if path != ":memory:":
+            parent = Path(path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise StoreUnavailableError(
+                    f"cannot open SQLite database {path!r}: folder {str(parent)!r} does not exist"
+                )
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={durability.upper()}")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite database {path!r}: {exc}") from exc
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailableError(f"the store for {self.path!r} is closed")
+            try:
+                return fn(self._conn)
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"SQLite database {self.path!r}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"SQLite database {self.path!r}: {exc}") from exc
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")  # never leave the write lock held after a failure
+            raise
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply the migration files this database has not seen yet."""
+        migrations = load_migrations("sqlite")
+
+        def apply(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS perdure_schema "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+                )
+                current = conn.execute("SELECT MAX(version) FROM perdure_schema").fetchone()[0]
+                current = current or 0
+                newest = migrations[-1].version if migrations else 0
+                if current > newest:
+                    raise StoreError(
+                        f"SQLite database {self.path!r} has schema version {current}, newer than "
+                        f"this perdure knows ({newest}): upgrade perdure to open it"
+                    )
+                for migration in migrations:
+                    if migration.version <= current:
+                        continue
+                    for statement in migration.statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO perdure_schema VALUES (?, ?, ?)",
+                        (migration.version, migration.name, time.time()),
+                    )
+
+        self._run(apply)
+
+    def close(self) -> None:
+        """Close the connection; later calls raise ``StoreUnavailableError``."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+
+def _named_list(params: dict[str, Any], prefix: str, values: Collection[str]) -> str:
+    """Add ``values`` to ``params`` as :prefix0, :prefix1...; return the placeholder list."""
+    names = []
+    for i, value in enumerate(values):
+        params[f"{prefix}{i}"] = value
+        names.append(f":{prefix}{i}")
+    return ", ".join(names) or "NULL"
+
+
+def _hold(conn: sqlite3.Connection, workflow_id: str, lease: Lease) -> None:
+    """Check, inside the caller's transaction, that ``lease`` is the workflow's current lease.
+
+    Raises:
+        OwnershipLost: it is not.
+    """
+    owned = conn.execute(
+        "SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?",
+        (workflow_id, lease.owner, lease.epoch),
+    ).fetchone()
+    if owned is None:
+        raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
