@@ -39,6 +39,7 @@ from ._errors import (
     WorkflowSuspended,
 )
 from ._handle import AsyncWorkflowHandle, WorkflowHandle
+from ._queues import Queue
 from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from ._retry import DEFAULT_RETRY, NO_RETRY, Failure, FailureKind, RetryPolicy, register_classifier
 from ._runner import compensate
@@ -81,6 +82,7 @@ __all__ = [
     "NonDeterminismError",
     "PerdureError",
     "PermanentError",
+    "Queue",
     "RateLimitedError",
     "RecordedStepError",
     "ResultTimeoutError",

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar, overload
 from . import _context
 from ._engine import Engine
 from ._handle import AsyncWorkflowHandle
+from ._queues import Queue
 from ._records import StepInfo, WorkflowInfo
 from .store import WorkflowStatus
 
@@ -109,6 +110,21 @@ class AsyncEngine:
     ) -> AsyncWorkflowHandle[Any]:
         """Start a workflow (see :meth:`Engine.start`)."""
         handle = await asyncio.to_thread(lambda: self.engine.start(fn, *args, id=id, **kwargs))
+        return AsyncWorkflowHandle(self.engine, handle.id)
+
+    async def enqueue(
+        self,
+        queue: Queue | str,
+        fn: Callable[..., Any] | str,
+        *args: Any,
+        id: str | None = None,
+        priority: int | None = None,
+        **kwargs: Any,
+    ) -> AsyncWorkflowHandle[Any]:
+        """Put a workflow in a queue (see :meth:`Engine.enqueue`)."""
+        handle = await asyncio.to_thread(
+            lambda: self.engine.enqueue(queue, fn, *args, id=id, priority=priority, **kwargs)
+        )
         return AsyncWorkflowHandle(self.engine, handle.id)
 
     async def run(self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None,

@@ -14,6 +14,7 @@ released.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ from ._errors import (
     WorkflowNotFound,
 )
 from ._handle import WorkflowHandle
+from ._queues import Queue, registered_queues, resolve_queue
 from ._records import (
     AttemptInfo,
     StepInfo,
@@ -130,6 +132,8 @@ class Engine:
             suspend_after=suspend_after,
         )  # fmt: skip
         self._runner.on_suspend = self._wake.set
+        self._runner.on_queue_slot = self._wake.set
+        self._max_threads = max_threads
         self._store: Store | None = None
         self._maintenance: threading.Thread | None = None
         self._reported: dict[str, float] = {}
@@ -256,6 +260,67 @@ class Engine:
         """
         store = self.store
         spec = _resolve_spec(fn)
+        row, args, kwargs = self._new_row(spec, id, args, kwargs)
+        stored, created = store.create_workflow(row)
+        if created:
+            self._runner.launch(spec, stored, args, kwargs, fresh=True)
+        else:
+            _same_run(stored, row)
+            if not stored.status.finished and stored.owner is None:
+                self._claim_and_launch(row.id)  # released by a stopped engine: resume now
+        return WorkflowHandle(self, row.id)
+
+    def enqueue(
+        self,
+        queue: Queue | str,
+        fn: Callable[..., Any] | str,
+        *args: Any,
+        id: str | None = None,
+        priority: int | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]:
+        """Put a workflow in a queue; return once it is durably recorded (ENQUEUED).
+
+        A worker that declares the queue takes it off the queue when the queue's limits
+        (concurrency, per-worker concurrency, rate) allow, lowest ``priority`` first, and
+        runs it like any workflow. Any process may enqueue, a client engine included.
+
+        Args:
+            queue: a :class:`perdure.Queue`, or its name.
+            fn: a function decorated with ``@perdure.workflow``, or its registered name.
+            *args, **kwargs: the workflow's arguments (journaled).
+            id: the workflow id; enqueueing the same id again (same workflow and inputs)
+                returns the existing run instead of queueing a duplicate.
+            priority: for a queue declared with ``priority=True``: lower runs first.
+
+        Raises:
+            WorkflowConflictError: ``id`` exists with another workflow or other inputs.
+            ConfigurationError: a priority for a queue without ``priority=True``.
+            SerializationError, UnknownWorkflowError, EngineClosedError: as :meth:`start`.
+        """
+        store = self.store
+        name, declared = resolve_queue(queue)
+        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+            raise ConfigurationError(f"a priority is an integer, not {priority!r}")
+        if priority is not None and declared is not None and not declared.priority:
+            raise ConfigurationError(
+                f"queue {name!r} is not a priority queue: declare it with priority=True"
+            )
+        spec = _resolve_spec(fn)
+        row, _, _ = self._new_row(spec, id, args, kwargs)
+        row = dataclasses.replace(row, status=WorkflowStatus.ENQUEUED, owner=None, queue=name,
+                                  priority=priority or 0)  # fmt: skip
+        stored, created = store.create_workflow(row)
+        if created:
+            self._wake.set()
+        else:
+            _same_run(stored, row)
+        return WorkflowHandle(self, row.id)
+
+    def _new_row(
+        self, spec: WorkflowSpec, id: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[WorkflowRow, tuple[Any, ...], dict[str, Any]]:
+        """The row of a new run owned by this engine, and its bound arguments."""
         workflow_id = validate_workflow_id(id) if id is not None else str(uuid.uuid4())
         args, kwargs = bind_inputs(spec, args, kwargs)
         try:
@@ -272,18 +337,7 @@ class Engine:
             workflow_id, spec.name, WorkflowStatus.RUNNING, inputs, None, None,
             self.worker.id, now, now, deadline_at=deadline_at,
         )  # fmt: skip
-        stored, created = store.create_workflow(row)
-        if created:
-            self._runner.launch(spec, stored, args, kwargs, fresh=True)
-        elif stored.name != spec.name or stored.inputs != inputs:
-            raise WorkflowConflictError(
-                f"workflow id {workflow_id!r} already belongs to a run of {stored.name!r} "
-                f"with {'other inputs' if stored.name == spec.name else 'another workflow'}; "
-                "an id names one run: pick a new id to start a new run"
-            )
-        elif not stored.status.finished and stored.owner is None:
-            self._claim_and_launch(workflow_id)  # released by a stopped engine: resume now
-        return WorkflowHandle(self, workflow_id)
+        return row, args, kwargs
 
     def run(self, fn: Callable[..., Any] | str, *args: Any, id: str | None = None,
             timeout: float | None = None, **kwargs: Any) -> Any:  # fmt: skip
@@ -411,6 +465,7 @@ class Engine:
                 now = self.clock.time()
                 for row in self.store.claim_ready(self.worker.id, names, now, 500):
                     self._resume(row)
+                self._dispatch(names)
                 due = self.store.next_wake(names)
             except EngineClosedError:
                 return
@@ -424,6 +479,16 @@ class Engine:
                 wait = min(wait, max(0.0, due - self.clock.time()))
             self._wake.wait(wait)
             self._wake.clear()
+
+    def _dispatch(self, names: list[str]) -> None:
+        """Take workflows off the queues declared here, as their limits and this engine's
+        free capacity allow, and run them."""
+        for queue in registered_queues():
+            room = min(100, self._max_threads - self._runner.running())
+            if room <= 0:
+                return
+            for row in self.store.dequeue(self.worker.id, queue.name, names, room, queue.limits):
+                self._resume(row, fresh=True)
 
     def _local_run(self, workflow_id: str) -> Run | None:
         return self._runner.local(workflow_id)
@@ -503,8 +568,9 @@ class Engine:
         for row in self.store.claim(self.worker.id, registered_names(), [], 1, workflow_id):
             self._resume(row)
 
-    def _resume(self, row: WorkflowRow) -> bool:
-        """Launch a claimed workflow; on any failure give it back. Returns whether launched."""
+    def _resume(self, row: WorkflowRow, fresh: bool = False) -> bool:
+        """Launch a claimed workflow (``fresh``: it never ran, its journal is empty); on any
+        failure give it back. Returns whether launched."""
         lease = row.lease
         assert lease is not None
         if row.stalls > self._max_recoveries:
@@ -521,7 +587,7 @@ class Engine:
                 self._runner.finish(row.id, lease, (WorkflowStatus.ERROR, None, dumps_error(exc)))
                 return False
             log.info("perdure: resuming workflow %r (%s)", row.id, row.name)
-            self._runner.launch(spec, row, args, kwargs)
+            self._runner.launch(spec, row, args, kwargs, fresh=fresh)
             return True
         except BaseException as exc:
             log.warning("perdure: could not resume %r, giving it back: %s", row.id, exc)
@@ -584,6 +650,20 @@ class Engine:
                 if self._closing.is_set():
                     return
                 log.warning("perdure: maintenance failed, retrying: %s", exc)
+
+
+def _same_run(stored: WorkflowRow, row: WorkflowRow) -> None:
+    """Check that an existing workflow is the run ``row`` asks for (same name and inputs).
+
+    Raises:
+        WorkflowConflictError: it is another run.
+    """
+    if stored.name != row.name or stored.inputs != row.inputs:
+        raise WorkflowConflictError(
+            f"workflow id {row.id!r} already belongs to a run of {stored.name!r} "
+            f"with {'other inputs' if stored.name == row.name else 'another workflow'}; "
+            "an id names one run: pick a new id to start a new run"
+        )
 
 
 def _resolve_spec(fn: Callable[..., Any] | str) -> WorkflowSpec:

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _serialize
 from ._decorators import registered
-from ._errors import ResultTimeoutError, WorkflowFailedError, WorkflowNotFound
+from ._errors import (
+    ResultTimeoutError,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+    WorkflowNotFound,
+)
 from ._records import WorkflowInfo
 from .store import WorkflowRow, WorkflowStatus
 
@@ -139,6 +144,8 @@ def outcome(row: WorkflowRow) -> Any:
     if row.status is WorkflowStatus.SUCCESS:
         hint = spec.hints().get("return") if spec is not None else None
         return _serialize.loads(row.output or "null", hint)
+    if row.status is WorkflowStatus.CANCELLED and row.error is None:  # cancelled in its queue
+        raise WorkflowCancelledError(f"workflow {row.id!r} was cancelled before it started")
     exc = _serialize.loads_error(row.error or "{}")
     if exc is None:
         raise WorkflowFailedError(row.id, *_serialize.error_summary(row.error or "{}"))

@@ -42,6 +42,7 @@ class Run:
     future: Future[Any] | None = None
     ctx: WorkflowContext | None = None
     fresh: bool = False  # just created: no journal to read
+    queue: str | None = None  # the queue it was taken from: its end frees a slot
 
 
 class Runner:
@@ -85,6 +86,8 @@ class Runner:
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
         self.on_suspend: Callable[[], None] | None = None
+        #: called when a run taken from a queue ends (a slot may be free)
+        self.on_queue_slot: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,6 +140,11 @@ class Runner:
         with self._lock:
             return list(self._runs.values())
 
+    def running(self) -> int:
+        """How many runs this engine has in flight."""
+        with self._lock:
+            return len(self._runs)
+
     def local(self, workflow_id: str) -> Run | None:
         """The run of this workflow in this engine, if any."""
         with self._lock:
@@ -177,7 +185,7 @@ class Runner:
         """
         lease = row.lease
         assert lease is not None
-        run = Run(row.id, fresh=fresh)
+        run = Run(row.id, fresh=fresh, queue=row.queue)
         with self._lock:
             # A run still here for this id lost its lease (another worker took the workflow,
             # then this one claimed it back): it is fenced off and finishes on its own.
@@ -305,6 +313,8 @@ class Runner:
         if not finished and not self._closing.is_set():
             self._give_back(run.workflow_id, lease, crashed)
         self._forget(run)
+        if run.queue is not None and self.on_queue_slot is not None:
+            self.on_queue_slot()
 
     def _forget(self, run: Run) -> None:
         with self._lock:

@@ -374,7 +374,12 @@ def test_sqlite_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
     versions = conn.execute("SELECT version, name FROM perdure_schema").fetchall()
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
-    assert versions == [(1, "0001_initial.sql"), (2, "0002_failures.sql"), (3, "0003_waiting.sql")]
+    assert versions == [
+        (1, "0001_initial.sql"),
+        (2, "0002_failures.sql"),
+        (3, "0003_waiting.sql"),
+        (4, "0004_queues.sql"),
+    ]
     assert mode == "wal"
 
 
@@ -446,7 +451,12 @@ def test_postgres_migrations_are_recorded_once_even_when_racing(pg_url: str) -> 
     assert errors == []
     open_store(pg_url).close()  # a later open applies nothing twice
     versions = _pg_exec(pg_url, "SELECT version, name FROM perdure_schema ORDER BY version")
-    assert versions == [(1, "0001_initial.sql"), (2, "0002_failures.sql"), (3, "0003_waiting.sql")]
+    assert versions == [
+        (1, "0001_initial.sql"),
+        (2, "0002_failures.sql"),
+        (3, "0003_waiting.sql"),
+        (4, "0004_queues.sql"),
+    ]
 
 
 def test_postgres_creates_the_schema_it_is_given(pg_url: str) -> None:

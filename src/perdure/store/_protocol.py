@@ -29,6 +29,7 @@ from .._errors import StoreError
 class WorkflowStatus(StrEnum):
     """Where a workflow stands.
 
+    ENQUEUED: waiting in a queue for a worker to admit it (see ``perdure.Queue``).
     PENDING: recorded, not running anywhere (never claimed, or released by a stopping engine).
     RUNNING: owned by a worker that runs it (or did, if that worker died: recovery takes it).
     WAITING: suspended on a timer, a message or an approval; no worker holds it.
@@ -37,6 +38,7 @@ class WorkflowStatus(StrEnum):
     DEAD_LETTER: given up after too many recoveries (a poison workflow); never retried.
     """
 
+    ENQUEUED = "ENQUEUED"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     WAITING = "WAITING"
@@ -47,8 +49,15 @@ class WorkflowStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        """True once the workflow will not run again (not PENDING, RUNNING or WAITING)."""
-        return self not in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.WAITING)
+        """True once the workflow will not run again (not ENQUEUED, PENDING, RUNNING or
+        WAITING)."""
+        return self not in _UNFINISHED
+
+
+_UNFINISHED = frozenset(
+    {WorkflowStatus.ENQUEUED, WorkflowStatus.PENDING, WorkflowStatus.RUNNING,
+     WorkflowStatus.WAITING}
+)  # fmt: skip
 
 
 class StepStatus(StrEnum):
@@ -65,6 +74,15 @@ def approval_topic(name: str) -> str:
 
 class OwnershipLost(StoreError):
     """The writing worker no longer owns the workflow: another worker took it over."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """What a queue admits: see ``perdure.Queue``. None means no limit."""
+
+    concurrency: int | None = None
+    worker_concurrency: int | None = None
+    rate_limit: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +113,8 @@ class WorkflowRow:
     stalls: int = 0
     wake_at: float | None = None
     wait_topic: str | None = None
+    queue: str | None = None
+    priority: int = 0
 
     @property
     def lease(self) -> Lease | None:
@@ -244,6 +264,25 @@ class Store(Protocol):
 
     def next_wake(self, names: Collection[str]) -> float | None:
         """The earliest ``wake_at`` among WAITING workflows of these names (None if none)."""
+
+    def dequeue(
+        self,
+        worker_id: str,
+        queue: str,
+        names: Collection[str],
+        limit: int,
+        limits: QueueLimits,
+    ) -> list[WorkflowRow]:
+        """Take up to ``limit`` ENQUEUED workflows of ``queue`` (of these names) that the
+        queue's limits admit now, lowest priority number first, then oldest; they become
+        RUNNING under a new lease owned by ``worker_id``.
+
+        The limits hold across every worker of the database, atomically: a workflow taken
+        off the queue holds a slot until it finishes (``limits.concurrency``), at most
+        ``limits.worker_concurrency`` run on this worker, and at most
+        ``limits.rate_limit[0]`` are taken off per ``limits.rate_limit[1]`` seconds
+        (database clock).
+        """
 
     def send_message(
         self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None

@@ -14,7 +14,7 @@ from ._protocol import AttemptRow, StepRow, StepStatus, WorkflowRow, WorkflowSta
 
 WF_COLUMNS = (
     "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch, "
-    "cancel_requested, deadline_at, stalls, wake_at, wait_topic"
+    "cancel_requested, deadline_at, stalls, wake_at, wait_topic, queue, priority"
 )
 APPROVAL_COLUMNS = (
     "approvals.workflow_id, approvals.name, details, approvals.status, requested_at, "
@@ -24,7 +24,13 @@ ATTEMPT_COLUMNS = "workflow_id, key, attempt, name, error, started_at, failed_at
 STEP_COLUMNS = (
     "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts"
 )
-UNFINISHED = "status IN ('PENDING', 'RUNNING', 'WAITING')"
+UNFINISHED = "status IN ('ENQUEUED', 'PENDING', 'RUNNING', 'WAITING')"
+#: a queued workflow that holds a slot of its queue (dequeued and not finished)
+ACTIVE = "status IN ('PENDING', 'RUNNING', 'WAITING')"
+#: the status a reset workflow takes: back in its queue if it never left it, else PENDING
+RESET_STATUS = (
+    "CASE WHEN queue IS NOT NULL AND dequeued_at IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END"
+)
 RUNNABLE = "status IN ('PENDING', 'RUNNING')"
 
 
@@ -47,6 +53,8 @@ def workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
         row.stalls,
         row.wake_at,
         row.wait_topic,
+        row.queue,
+        row.priority,
     )
 
 
@@ -78,6 +86,8 @@ def workflow_row(r: Sequence[Any]) -> WorkflowRow:
             stalls=int(r[13]),
             wake_at=None if r[14] is None else float(r[14]),
             wait_topic=r[15],
+            queue=r[16],
+            priority=int(r[17]),
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc

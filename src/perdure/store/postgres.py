@@ -41,13 +41,16 @@ from ._protocol import (
     AttemptRow,
     Lease,
     OwnershipLost,
+    QueueLimits,
     StepRow,
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
 )
 from ._rows import (
+    ACTIVE,
     ATTEMPT_COLUMNS,
+    RESET_STATUS,
     RUNNABLE,
     STEP_COLUMNS,
     UNFINISHED,
@@ -61,6 +64,9 @@ from ._rows import (
 
 __all__ = ["MIGRATION_LOCK", "TRANSIENT_SQLSTATES", "PostgresStore", "split_url", "transient"]
 
+#: The first key of the advisory locks that serialize taking work off a limited queue
+#: ("pdur"; the second key is a hash of the queue's name).
+QUEUE_LOCK = int.from_bytes(b"pdur", "big")
 _CLAIMABLE = (
     f"{RUNNABLE} AND owner IS DISTINCT FROM %(me)s AND (owner IS NULL "
     "OR owner = ANY(%(dead)s::text[]) OR NOT EXISTS (SELECT 1 FROM workers WHERE "
@@ -102,7 +108,7 @@ class PostgresStore(PgWaiting):
 
     def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
         """Insert ``row`` unless its id exists; return (stored row, created)."""
-        marks = ", ".join(["%s"] * 16)
+        marks = ", ".join(["%s"] * len(WF_COLUMNS.split(",")))
 
         def create(conn: Conn) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
@@ -186,7 +192,7 @@ class PostgresStore(PgWaiting):
         """Make a finished, unsuccessful workflow runnable again (see the protocol)."""
         return (
             self._rowcount(
-                "UPDATE workflows SET status = 'PENDING', owner = NULL, output = NULL, "
+                f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, output = NULL, "
                 f"error = NULL, stalls = 0, cancel_requested = 0, updated_at = {_NOW} "
                 "WHERE id = %s AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
                 (workflow_id,),
@@ -298,6 +304,43 @@ class PostgresStore(PgWaiting):
         )
         return attempt_rows(workflow_id, rows)
 
+    # -- queues ----------------------------------------------------------------------------
+
+    def dequeue(
+        self,
+        worker_id: str,
+        queue: str,
+        names: Collection[str],
+        limit: int,
+        limits: QueueLimits,
+    ) -> list[WorkflowRow]:
+        """Take ENQUEUED workflows the queue's limits admit (see the protocol). Workers
+        taking from one limited queue serialize on a transaction-level advisory lock, so the
+        counts they read cannot change before their update commits."""
+        if not names or limit <= 0:
+            return []
+        params: dict[str, Any] = {"me": worker_id, "q": queue, "names": list(names)}
+
+        def take(conn: Conn) -> list[Any]:
+            with conn.transaction():
+                room = limit
+                if limits != QueueLimits():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                                 (QUEUE_LOCK, queue))  # fmt: skip
+                    room = min([room, *_queue_room(conn, params, limits)])
+                if room <= 0:
+                    return []
+                return conn.execute(
+                    f"UPDATE workflows SET status = 'RUNNING', owner = %(me)s, epoch = epoch + 1, "
+                    f"dequeued_at = {_NOW}, updated_at = {_NOW} WHERE id IN (SELECT id FROM "
+                    "workflows WHERE status = 'ENQUEUED' AND queue = %(q)s AND name = "
+                    "ANY(%(names)s::text[]) ORDER BY priority, created_at LIMIT %(room)s "
+                    f"FOR UPDATE SKIP LOCKED) RETURNING {WF_COLUMNS}",
+                    {**params, "room": room},
+                ).fetchall()
+
+        return [workflow_row(r) for r in self._run(take)]
+
     # -- cancellation ----------------------------------------------------------------------
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
@@ -307,7 +350,8 @@ class PostgresStore(PgWaiting):
             with conn.transaction():
                 conn.execute(
                     f"UPDATE workflows SET cancel_requested = 1, updated_at = {_NOW}, "
-                    "wake_at = CASE WHEN status = 'WAITING' THEN 0 ELSE wake_at END "
+                    "wake_at = CASE WHEN status = 'WAITING' THEN 0 ELSE wake_at END, "
+                    "status = CASE WHEN status = 'ENQUEUED' THEN 'CANCELLED' ELSE status END "
                     f"WHERE id = %s AND {UNFINISHED}",
                     (workflow_id,),
                 )
@@ -418,3 +462,30 @@ class PostgresStore(PgWaiting):
             f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {UNFINISHED})",
             (list(worker_ids),),
         )
+
+
+def _queue_room(conn: Conn, params: dict[str, Any], limits: QueueLimits) -> list[int]:
+    """How many more workflows each of the queue's limits admits now (one figure per limit
+    that is set), counted inside the caller's locked transaction."""
+    room: list[int] = []
+    if limits.concurrency is not None:
+        found = conn.execute(
+            f"SELECT COUNT(*) FROM workflows WHERE queue = %(q)s AND {ACTIVE}", params
+        ).fetchone()
+        room.append(limits.concurrency - int(found[0] if found else 0))
+    if limits.worker_concurrency is not None:
+        found = conn.execute(
+            "SELECT COUNT(*) FROM workflows WHERE queue = %(q)s AND owner = %(me)s AND "
+            "status = 'RUNNING'",
+            params,
+        ).fetchone()
+        room.append(limits.worker_concurrency - int(found[0] if found else 0))
+    if limits.rate_limit is not None:
+        count, per = limits.rate_limit
+        found = conn.execute(
+            "SELECT COUNT(*) FROM workflows WHERE queue = %(q)s AND dequeued_at > "
+            f"{_NOW} - %(per)s",
+            {**params, "per": float(per)},
+        ).fetchone()
+        room.append(count - int(found[0] if found else 0))
+    return room

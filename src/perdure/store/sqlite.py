@@ -22,13 +22,16 @@ from ._protocol import (
     AttemptRow,
     Lease,
     OwnershipLost,
+    QueueLimits,
     StepRow,
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
 )
 from ._rows import (
+    ACTIVE,
     ATTEMPT_COLUMNS,
+    RESET_STATUS,
     RUNNABLE,
     STEP_COLUMNS,
     UNFINISHED,
@@ -46,6 +49,7 @@ _CLAIMABLE = (
     f"{RUNNABLE} AND owner IS NOT :me AND (owner IS NULL OR owner IN ({{dead}}) OR owner NOT IN "
     "(SELECT id FROM workers WHERE expires_at >= :now))"
 )
+_WF_MARKS = ",".join("?" * len(WF_COLUMNS.split(",")))
 _STEP_COUNT = "SELECT COUNT(*) FROM steps WHERE steps.workflow_id = workflows.id"
 _APPEND_SQL = (
     f"INSERT INTO steps ({STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS "
@@ -70,7 +74,7 @@ class SQLiteStore(SQLiteWaiting):
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
-                f"INSERT INTO workflows ({WF_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({_WF_MARKS}) "
                 "ON CONFLICT (id) DO NOTHING",
                 workflow_values(row),
             )
@@ -142,7 +146,7 @@ class SQLiteStore(SQLiteWaiting):
         """Make a finished, unsuccessful workflow runnable again (see the protocol)."""
         cur = self._run(
             lambda c: c.execute(
-                "UPDATE workflows SET status = 'PENDING', owner = NULL, output = NULL, "
+                f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, output = NULL, "
                 "error = NULL, stalls = 0, cancel_requested = 0, updated_at = ? "
                 "WHERE id = ? AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
                 (time.time(), workflow_id),
@@ -242,6 +246,39 @@ class SQLiteStore(SQLiteWaiting):
         )
         return attempt_rows(workflow_id, rows)
 
+    # -- queues ----------------------------------------------------------------------------
+
+    def dequeue(
+        self,
+        worker_id: str,
+        queue: str,
+        names: Collection[str],
+        limit: int,
+        limits: QueueLimits,
+    ) -> list[WorkflowRow]:
+        """Take ENQUEUED workflows the queue's limits admit (see the protocol), in one
+        write transaction: processes sharing the file serialize on its write lock."""
+        if not names or limit <= 0:
+            return []
+        now = time.time()
+        params: dict[str, Any] = {"me": worker_id, "q": queue, "now": now}
+        names_sql = _named_list(params, "name", names)
+
+        def take(conn: sqlite3.Connection) -> list[Any]:
+            with self._transaction(conn):
+                room = min([limit, *_queue_room(conn, params, limits)])
+                if room <= 0:
+                    return []
+                return conn.execute(
+                    "UPDATE workflows SET status = 'RUNNING', owner = :me, epoch = epoch + 1, "
+                    "dequeued_at = :now, updated_at = :now WHERE id IN (SELECT id FROM "
+                    f"workflows WHERE status = 'ENQUEUED' AND queue = :q AND name IN ({names_sql}) "
+                    f"ORDER BY priority, created_at LIMIT :room) RETURNING {WF_COLUMNS}",
+                    {**params, "room": room},
+                ).fetchall()
+
+        return [workflow_row(r) for r in self._run(take)]
+
     # -- cancellation ----------------------------------------------------------------------
 
     def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
@@ -250,7 +287,8 @@ class SQLiteStore(SQLiteWaiting):
         def flag(conn: sqlite3.Connection) -> Any:
             conn.execute(
                 "UPDATE workflows SET cancel_requested = 1, updated_at = ?, wake_at = CASE "
-                f"WHEN status = 'WAITING' THEN 0 ELSE wake_at END WHERE id = ? AND {UNFINISHED}",
+                "WHEN status = 'WAITING' THEN 0 ELSE wake_at END, status = CASE WHEN status = "
+                f"'ENQUEUED' THEN 'CANCELLED' ELSE status END WHERE id = ? AND {UNFINISHED}",
                 (time.time(), workflow_id),
             )
             return conn.execute(
@@ -378,3 +416,29 @@ class SQLiteStore(SQLiteWaiting):
                 params,
             )
         )
+
+
+def _queue_room(conn: sqlite3.Connection, params: dict[str, Any], limits: QueueLimits) -> list[int]:
+    """How many more workflows each of the queue's limits admits now (one figure per limit
+    that is set), counted inside the caller's write transaction."""
+    room: list[int] = []
+    if limits.concurrency is not None:
+        found = conn.execute(
+            f"SELECT COUNT(*) FROM workflows WHERE queue = :q AND {ACTIVE}", params
+        ).fetchone()
+        room.append(limits.concurrency - int(found[0]))
+    if limits.worker_concurrency is not None:
+        found = conn.execute(
+            "SELECT COUNT(*) FROM workflows WHERE queue = :q AND owner = :me AND "
+            "status = 'RUNNING'",
+            params,
+        ).fetchone()
+        room.append(limits.worker_concurrency - int(found[0]))
+    if limits.rate_limit is not None:
+        count, per = limits.rate_limit
+        found = conn.execute(
+            "SELECT COUNT(*) FROM workflows WHERE queue = :q AND dequeued_at > :now - :per",
+            {**params, "per": float(per)},
+        ).fetchone()
+        room.append(count - int(found[0]))
+    return room
