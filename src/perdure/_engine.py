@@ -22,9 +22,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
-from . import _admin, _runner, _signals
+from . import _runner
 from ._clock import Clock, SystemClock
 from ._decorators import WorkflowSpec, registered, registered_names, spec_of
+from ._engine_ops import EngineOperations
 from ._errors import (
     ConfigurationError,
     DeadLetteredError,
@@ -39,9 +40,6 @@ from ._errors import (
 from ._handle import WorkflowHandle
 from ._queues import Queue, registered_queues, resolve_queue
 from ._records import (
-    AttemptInfo,
-    StepInfo,
-    WorkflowInfo,
     bind_inputs,
     decode_inputs,
     encode_inputs,
@@ -50,7 +48,6 @@ from ._records import (
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._runs import Run, Runner
 from ._serialize import UnserializableValue, dumps_error
-from ._signals import ApprovalInfo
 from ._workers import dead_workers, this_worker
 from .store import Lease, Store, WorkflowRow, WorkflowStatus, open_store
 
@@ -60,7 +57,7 @@ R = TypeVar("R")
 Outcome = _runner.Outcome
 
 
-class Engine:
+class Engine(EngineOperations):
     """Runs durable workflows against one database.
 
     Use it as a context manager (``with Engine(url) as engine:``); entering it opens the
@@ -397,65 +394,6 @@ class Engine:
         self._runner.signal_cancel(workflow_id)
         self._wake.set()  # a WAITING workflow is claimed to run its cancellation
 
-    # -- messages, events, approvals -------------------------------------------------------
-
-    def send(
-        self, workflow_id: str, topic: str, payload: Any, idempotency_key: str | None = None
-    ) -> bool:
-        """Send a message to a workflow, from anywhere (another process included).
-
-        Delivered exactly once, in send order per topic, to ``perdure.receive(topic)``; kept
-        until the workflow receives it.
-
-        Args:
-            workflow_id: the receiving workflow.
-            topic: the topic it receives on.
-            payload: any journal-serializable value but None.
-            idempotency_key: a resend with the same key (same workflow and topic) is a no-op.
-
-        Returns:
-            False if the idempotency key was used before (nothing sent), else True.
-
-        Raises:
-            WorkflowNotFound: no such workflow. SerializationError: the payload cannot be
-            journaled. ConfigurationError: the payload is None.
-        """
-        sent = _signals.send(self.store, workflow_id, topic, payload, idempotency_key)
-        self._wake.set()
-        return sent
-
-    def get_event(self, workflow_id: str, key: str, timeout: float | None = None) -> Any:
-        """The latest value the workflow published under ``key`` (``perdure.set_event``),
-        waiting up to ``timeout`` seconds for it to appear; None if it has not.
-
-        Raises:
-            WorkflowNotFound: no such workflow.
-        """
-        return _signals.get_event(self.store, workflow_id, key, timeout)
-
-    def approve(
-        self, workflow_id: str, name: str, by: str | None = None, comment: str | None = None
-    ) -> None:
-        """Approve a workflow's pending ``wait_for_approval(name)``; it resumes.
-
-        Raises:
-            WorkflowNotFound: no such workflow.
-            ApprovalNotPending: nothing of that name waits for a decision.
-        """
-        _signals.decide(self.store, workflow_id, name, True, by, comment)
-        self._wake.set()
-
-    def reject(
-        self, workflow_id: str, name: str, by: str | None = None, comment: str | None = None
-    ) -> None:
-        """Reject a workflow's pending approval (see :meth:`approve`)."""
-        _signals.decide(self.store, workflow_id, name, False, by, comment)
-        self._wake.set()
-
-    def pending_approvals(self, limit: int = 100) -> list[ApprovalInfo]:
-        """Approval requests waiting for a human, oldest first, with their details."""
-        return _signals.list_approvals(self.store, pending_only=True, limit=limit)
-
     def _wake_loop(self) -> None:
         """Resume WAITING workflows whose timer is due, whose message came, or that were
         cancelled: at once when this engine sent the message, else every poll interval."""
@@ -492,41 +430,6 @@ class Engine:
 
     def _local_run(self, workflow_id: str) -> Run | None:
         return self._runner.local(workflow_id)
-
-    # -- inspecting ------------------------------------------------------------------------
-
-    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
-        """The workflow's record.
-
-        Raises:
-            WorkflowNotFound: no such workflow.
-        """
-        return _admin.get_workflow(self.store, workflow_id)
-
-    def list_workflows(
-        self,
-        status: WorkflowStatus | str | None = None,
-        name: str | None = None,
-        limit: int = 100,
-    ) -> list[WorkflowInfo]:
-        """Workflows, newest first, optionally filtered by status and name."""
-        return _admin.list_workflows(self.store, status, name, limit)
-
-    def list_steps(self, workflow_id: str) -> list[StepInfo]:
-        """The workflow's journal, by position, each step with its failed attempts.
-
-        Raises:
-            WorkflowNotFound: no such workflow.
-        """
-        return _admin.list_steps(self.store, workflow_id)
-
-    def list_attempts(self, workflow_id: str) -> list[AttemptInfo]:
-        """Every failed attempt of the workflow's steps (also of a step still retrying).
-
-        Raises:
-            WorkflowNotFound: no such workflow.
-        """
-        return _admin.list_attempts(self.store, workflow_id)
 
     # -- recovery --------------------------------------------------------------------------
 
