@@ -84,8 +84,10 @@ class Engine(EngineOperations):
             ``perdure.testing.FakeClock()``).
         suspend_after: a wait longer than this (seconds) unloads the workflow: it holds no
             thread until its timer is due or its message arrives.
-        poll_interval: how often the database is checked for due timers and messages sent
-            from other processes (a send from this engine wakes it at once).
+        poll_interval: how often the database is checked for messages, decisions and
+            queued work from other processes. Default: 0.1 s on SQLite; 1 s on PostgreSQL,
+            where those arrive at once by LISTEN/NOTIFY and the poll is only a fallback.
+            (A send from this engine, and a due timer, wake it at once either way.)
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class Engine(EngineOperations):
         max_recoveries: int = 5,
         clock: Clock | None = None,
         suspend_after: float = 0.5,
-        poll_interval: float = 0.1,
+        poll_interval: float | None = None,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if heartbeat_interval * 2 > lease_seconds:
@@ -153,6 +155,9 @@ class Engine(EngineOperations):
             raise EngineClosedError("this engine was closed; create a new Engine")
         self._store = open_store(self.url, durability=self._durability)
         try:
+            notified = self._auto_recover and self._store.subscribe(self._wake.set)
+            if self._poll_interval is None:
+                self._poll_interval = 1.0 if notified else 0.1
             self._store.heartbeat(self.worker, self._lease)
             self._runner.start(self._store)
             if self._auto_recover:
@@ -412,7 +417,7 @@ class Engine(EngineOperations):
                     return
                 log.warning("perdure: waking waiting workflows failed, retrying: %s", exc)
                 due = None
-            wait = self._poll_interval
+            wait = self._poll_interval or 0.1
             if due is not None:
                 wait = min(wait, max(0.0, due - self.clock.time()))
             self._wake.wait(wait)

@@ -226,3 +226,49 @@ def test_an_outage_longer_than_the_budget_is_reported(pg_url: str) -> None:
             store.get_workflow("x")
     finally:
         store.close()
+
+
+# -- LISTEN/NOTIFY wake-ups -----------------------------------------------------------------
+
+
+@perdure.workflow(name="pg_notified_flow")
+def notified_flow() -> str:
+    return str(perdure.receive("go"))
+
+
+def test_a_message_from_another_engine_wakes_an_idle_worker_at_once(pg_url: str) -> None:
+    """The worker polls only every 30 s: the message must reach it by NOTIFY."""
+    import time
+
+    with (
+        perdure.Engine(pg_url, poll_interval=30, suspend_after=0.05, shutdown_grace=0.5) as worker,
+        perdure.Engine(pg_url, recover=False) as client,
+    ):
+        handle = worker.start(notified_flow, id="notified")
+        wait_until(lambda: handle.status() is perdure.WorkflowStatus.WAITING)
+        time.sleep(0.2)  # the waker is now in its 30 s wait
+        sent = time.monotonic()
+        client.send("notified", "go", "hello")
+        assert handle.result(timeout=5) == "hello"
+        assert time.monotonic() - sent < 1.0
+
+
+@perdure.workflow(name="pg_notified_queued")
+def notified_queued(x: int) -> int:
+    return x * 2
+
+
+NOTIFIED_QUEUE = perdure.Queue("pg-notified")
+
+
+def test_an_enqueued_workflow_reaches_an_idle_worker_at_once(pg_url: str) -> None:
+    import time
+
+    with (
+        perdure.Engine(pg_url, poll_interval=30, shutdown_grace=0.5),
+        perdure.Engine(pg_url, recover=False) as client,
+    ):
+        time.sleep(0.3)  # the worker's waker is idle in its 30 s wait
+        sent = time.monotonic()
+        assert client.enqueue(NOTIFIED_QUEUE, notified_queued, 21).result(timeout=5) == 42
+        assert time.monotonic() - sent < 1.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import typing
 from collections.abc import Callable
@@ -110,6 +111,9 @@ class PgBase:
         if schema is not None:
             given = given_params.get("options", "")
             kwargs["options"] = f"{given} -c search_path={schema}".strip()
+        self._conninfo, self._connect_kwargs = conninfo, kwargs
+        #: the LISTEN/NOTIFY channel of this database (and schema): at most 63 characters
+        self.channel = (f"perdure_{schema}" if schema else "perdure")[:63]
         try:  # one direct connection first: a clear, immediate error if it cannot connect
             psycopg.connect(conninfo, **kwargs).close()
         except psycopg.Error as exc:
@@ -234,6 +238,42 @@ class PgBase:
     def _schema_exists(conn: Conn, schema: str) -> bool:
         found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
         return found.fetchone() is not None
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def subscribe(self, wake: Callable[[], None]) -> bool:
+        """Call ``wake`` (from a listener thread) whenever a process using this database
+        notifies perdure's channel: a message or decision was sent, a cancellation asked, a
+        workflow enqueued, a queue slot freed. Returns True: this backend notifies."""
+        thread = threading.Thread(
+            target=self._listen, args=(wake,), name="perdure-listener", daemon=True
+        )
+        thread.start()
+        return True
+
+    def _listen(self, wake: Callable[[], None]) -> None:
+        """LISTEN on a dedicated connection until the store closes; reconnect with backoff
+        when the connection is lost, and wake once after (for what was sent meanwhile)."""
+        delay = 0.1
+        while not self._closed:
+            try:
+                with psycopg.connect(self._conninfo, **self._connect_kwargs) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    delay = 0.1
+                    wake()
+                    while not self._closed:
+                        for _ in conn.notifies(timeout=1.0):
+                            wake()
+            except psycopg.Error as exc:
+                if self._closed:
+                    return
+                log.debug("perdure: LISTEN connection lost (%s); reconnecting", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _notify(self, conn: Conn) -> None:
+        """Notify perdure's channel (delivered when the caller's transaction commits)."""
+        conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
 
     def close(self) -> None:
         """Close the pool; later calls raise ``StoreUnavailableError``."""

@@ -69,11 +69,13 @@ class PgWaiting(PgBase):
         self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
     ) -> bool:
         """Queue a message; False if its idempotency key was used before."""
+        # one statement: the insert, and a notification only if it inserted
         return (
             self._rowcount(
-                "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, sent_at) "
-                f"VALUES (%s, %s, %s, %s, {_NOW}) ON CONFLICT DO NOTHING",
-                (workflow_id, topic, payload, idempotency_key),
+                "WITH sent AS (INSERT INTO messages (workflow_id, topic, payload, "
+                f"idempotency_key, sent_at) VALUES (%s, %s, %s, %s, {_NOW}) ON CONFLICT DO "
+                "NOTHING RETURNING 1) SELECT pg_notify(%s, '') FROM sent",
+                (workflow_id, topic, payload, idempotency_key, self.channel),
             )
             == 1
         )
@@ -165,6 +167,7 @@ class PgWaiting(PgBase):
                     "sent_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     (workflow_id, approval_topic(name), message, "decision", decided[0]),
                 )
+                self._notify(conn)
                 return True
 
         return self._run(decide)

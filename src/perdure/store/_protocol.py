@@ -197,6 +197,12 @@ class Store(Protocol):
     def migrate(self) -> None:
         """Create or upgrade the schema to the version this code knows."""
 
+    def subscribe(self, wake: Callable[[], None]) -> bool:
+        """Have ``wake`` called (from any thread) when another process records something a
+        worker may act on: a message, a decision, a cancellation, an enqueued workflow, a
+        freed queue slot, released work. Returns False when the backend cannot notify (the
+        engine then polls more often)."""
+
     def close(self) -> None:
         """Release connections. Later calls raise ``StoreUnavailableError``."""
 

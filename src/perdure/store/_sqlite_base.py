@@ -107,6 +107,10 @@ class SQLiteBase:
 
         self._run(apply)
 
+    def subscribe(self, wake: Callable[[], None]) -> bool:
+        """SQLite cannot notify other processes: returns False (engines poll the file)."""
+        return False
+
     def close(self) -> None:
         """Close the connection; later calls raise ``StoreUnavailableError``."""
         with self._lock:

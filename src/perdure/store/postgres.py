@@ -117,6 +117,8 @@ class PostgresStore(PgWaiting):
                 workflow_values(row),
             )
             if cur.rowcount == 1:
+                if row.status is WorkflowStatus.ENQUEUED:
+                    self._notify(conn)  # workers take it off its queue at once
                 return row, True
             found = conn.execute(
                 f"SELECT {WF_COLUMNS} FROM workflows WHERE id = %s", (row.id,)
@@ -163,11 +165,15 @@ class PostgresStore(PgWaiting):
 
         def finish(conn: Conn) -> int:
             with conn.transaction():
-                count = conn.execute(
+                done = conn.execute(
                     f"UPDATE workflows SET status = %s, output = %s, error = %s, owner = NULL, "
-                    f"updated_at = {_NOW} WHERE id = %s AND owner = %s AND epoch = %s",
+                    f"updated_at = {_NOW} WHERE id = %s AND owner = %s AND epoch = %s "
+                    "RETURNING queue",
                     (status.value, output, error, workflow_id, lease.owner, lease.epoch),
-                ).rowcount
+                ).fetchone()
+                count = 0 if done is None else 1
+                if done is not None and done[0] is not None:
+                    self._notify(conn)  # a queue slot is free
                 if count == 1:
                     conn.execute(
                         f"UPDATE approvals SET status = 'CLOSED', decided_at = {_NOW} WHERE "
@@ -348,13 +354,15 @@ class PostgresStore(PgWaiting):
 
         def flag(conn: Conn) -> Any:
             with conn.transaction():
-                conn.execute(
+                flagged = conn.execute(
                     f"UPDATE workflows SET cancel_requested = 1, updated_at = {_NOW}, "
                     "wake_at = CASE WHEN status = 'WAITING' THEN 0 ELSE wake_at END, "
                     "status = CASE WHEN status = 'ENQUEUED' THEN 'CANCELLED' ELSE status END "
                     f"WHERE id = %s AND {UNFINISHED}",
                     (workflow_id,),
-                )
+                ).rowcount
+                if flagged:
+                    self._notify(conn)  # a waiting workflow is woken to run its cancellation
                 return conn.execute(
                     f"SELECT {WF_COLUMNS} FROM workflows WHERE id = %s", (workflow_id,)
                 ).fetchone()
@@ -449,6 +457,8 @@ class PostgresStore(PgWaiting):
                     (worker_id,),
                 ).rowcount
                 conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
+                if count:
+                    self._notify(conn)  # released work: another worker may take it now
                 return count
 
         return self._run(release)
