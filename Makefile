@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-postgres lint bench clean
+.PHONY: demo test test-sqlite test-postgres lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "perdure needs Python >= 3.11"'
@@ -21,7 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# The whole suite again with every engine test on PostgreSQL (127.0.0.1:5432, database test).
+# Quicker loops: engine tests on one backend only (`make test` runs them on both).
+test-sqlite: $(STAMP)
+	PERDURE_TEST_BACKEND=sqlite $(PY) -m pytest
+
 test-postgres: $(STAMP)
 	PERDURE_TEST_BACKEND=postgres $(PY) -m pytest
 

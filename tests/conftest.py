@@ -19,11 +19,23 @@ import perdure
 APPS = Path(__file__).parent / "apps"
 
 
-@pytest.fixture
+def _backends() -> list[str]:
+    """The backends engine tests run on: both by default; ``PERDURE_TEST_BACKEND=sqlite`` or
+    ``=postgres`` picks one (a quicker local loop)."""
+    chosen = os.environ.get("PERDURE_TEST_BACKEND", "").strip().lower()
+    if chosen in ("sqlite", "postgres"):
+        return [chosen]
+    if chosen not in ("", "both"):
+        raise pytest.UsageError(f"PERDURE_TEST_BACKEND is sqlite, postgres or both, not {chosen!r}")
+    return ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=_backends())
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL for a fresh SQLite file in the test's temporary folder (or, with
-    ``PERDURE_TEST_BACKEND=postgres``, a fresh PostgreSQL schema: an experimental mode)."""
-    if os.environ.get("PERDURE_TEST_BACKEND") == "postgres":
+    """A fresh database for one test, once per backend: a SQLite file in the test's temporary
+    folder, and a fresh schema of the test PostgreSQL (skipped with the reason printed when
+    it is unreachable outside CI; a failure in CI)."""
+    if request.param == "postgres":
         return str(request.getfixturevalue("pg_url"))
     return f"sqlite:///{tmp_path / 'perdure.db'}"
 

@@ -133,6 +133,7 @@ class Engine(EngineOperations):
         self._runner.on_suspend = self._wake.set
         self._runner.on_queue_slot = self._wake.set
         self._max_threads = max_threads
+        self._backlog = False  # the last recovery sweep took all it could: sweep again soon
         self._store: Store | None = None
         self._maintenance: threading.Thread | None = None
         self._reported: dict[str, float] = {}
@@ -289,7 +290,9 @@ class Engine(EngineOperations):
 
         Args:
             queue: a :class:`perdure.Queue`, or its name.
-            fn: a function decorated with ``@perdure.workflow``, or its registered name.
+            fn: a function decorated with ``@perdure.workflow``, or its registered name
+                (which may be unknown here: a client without the workflow's code journals the
+                arguments as given, and the worker binds them to the function).
             *args, **kwargs: the workflow's arguments (journaled).
             id: the workflow id; enqueueing the same id again (same workflow and inputs)
                 returns the existing run instead of queueing a duplicate.
@@ -308,7 +311,7 @@ class Engine(EngineOperations):
             raise ConfigurationError(
                 f"queue {name!r} is not a priority queue: declare it with priority=True"
             )
-        spec = _resolve_spec(fn)
+        spec = _resolve_spec(fn, elsewhere=True)
         row, _, _ = self._new_row(spec, id, args, kwargs)
         row = dataclasses.replace(row, status=WorkflowStatus.ENQUEUED, owner=None, queue=name,
                                   priority=priority or 0)  # fmt: skip
@@ -441,8 +444,11 @@ class Engine(EngineOperations):
     def recover(self) -> list[WorkflowHandle[Any]]:
         """Take over and resume unfinished workflows whose worker died or stopped.
 
-        Runs by itself when the engine opens and every ``recovery_interval`` seconds.
-        Workflows whose name is not registered here are left alone and logged as errors.
+        Runs by itself when the engine opens and every ``recovery_interval`` seconds (every
+        heartbeat while a backlog remains). Each call takes at most about twice what this
+        engine can run at once (``max_threads``), so the work of a dead worker spreads over
+        the live ones instead of piling onto the first to look. Workflows whose name is not
+        registered here are left alone and logged as errors.
 
         Returns:
             Handles on the workflows this call resumed.
@@ -451,7 +457,10 @@ class Engine(EngineOperations):
         workers = store.list_workers()
         dead = dead_workers(workers, self.worker)
         handles: list[WorkflowHandle[Any]] = []
-        for row in store.claim(self.worker.id, registered_names(), dead, 1000):
+        room = max(1, 2 * self._max_threads - self._runner.running())
+        claimed = store.claim(self.worker.id, registered_names(), dead, room)
+        self._backlog = len(claimed) == room
+        for row in claimed:
             if self._resume(row):
                 handles.append(WorkflowHandle(self, row.id))
         self._release_strays()
@@ -549,7 +558,7 @@ class Engine(EngineOperations):
                     self._signal_cancel(workflow_id)
                 for workflow_id, (lease, stalled) in list(self._unreleased.items()):
                     self._give_back(workflow_id, lease, stalled)
-                if self._auto_recover and time.monotonic() >= next_recovery:
+                if self._auto_recover and (self._backlog or time.monotonic() >= next_recovery):
                     next_recovery = time.monotonic() + self._recovery_interval
                     self.recover()
             except EngineClosedError:
@@ -574,9 +583,13 @@ def _same_run(stored: WorkflowRow, row: WorkflowRow) -> None:
         )
 
 
-def _resolve_spec(fn: Callable[..., Any] | str) -> WorkflowSpec:
+def _resolve_spec(fn: Callable[..., Any] | str, elsewhere: bool = False) -> WorkflowSpec:
+    """The spec of a workflow given as a function or a name. ``elsewhere``: a name not
+    registered here stands for a workflow whose code only the workers have."""
     if isinstance(fn, str):
         spec = registered(fn)
+        if spec is None and elsewhere and fn:
+            return WorkflowSpec(fn, _defined_elsewhere, is_async=False)
         if spec is None:
             raise UnknownWorkflowError(fn)
         return spec
@@ -587,3 +600,8 @@ def _resolve_spec(fn: Callable[..., Any] | str) -> WorkflowSpec:
             "@perdure.workflow"
         )
     return spec
+
+
+def _defined_elsewhere(*args: Any, **kwargs: Any) -> Any:
+    """Stands for a workflow whose code is not in this process (never called)."""
+    raise AssertionError("a workflow defined elsewhere cannot run here")

@@ -168,4 +168,14 @@ def test_queue_misuse_is_refused_clearly(engine: perdure.Engine) -> None:
         perdure.Queue("test-limited", concurrency=3)
     assert perdure.Queue("test-limited", concurrency=2) == LIMITED  # same settings: fine
     with pytest.raises(perdure.UnknownWorkflowError):
-        engine.enqueue(PLAIN, "no_such_workflow")
+        engine.start("no_such_workflow")
+
+
+def test_a_client_without_the_code_enqueues_by_name(engine: perdure.Engine) -> None:
+    """A workflow name unknown to the enqueuing process is recorded as given; a worker that
+    has the code binds the arguments (here the same engine: its registry has the name)."""
+    release.set()
+    unknown = engine.enqueue("test-unknown-queue", "not_registered_anywhere", 1, x=2)
+    assert unknown.status() is perdure.WorkflowStatus.ENQUEUED
+    handle = engine.enqueue(PLAIN, "queued_job", "plain", tag="by-name")
+    assert handle.result(timeout=20) == "by-name"

@@ -159,9 +159,9 @@ def test_two_engines_share_one_database(pg_url: str) -> None:
 # -- transient database failures ------------------------------------------------------------
 
 
-def _cut_connections(pg_url: str) -> int:
-    """Terminate every server process serving perdure's connections (a real connection cut,
-    as a failover or a proxy restart does); returns how many were cut."""
+def _cut_connections(application_name: str) -> int:
+    """Terminate every server process serving connections of that application name (a real
+    connection cut, as a failover or a proxy restart does); returns how many were cut."""
     import psycopg
 
     from conftest import POSTGRES_URL
@@ -169,7 +169,8 @@ def _cut_connections(pg_url: str) -> int:
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'perdure' AND pid <> pg_backend_pid()"
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application_name,),
         ).fetchall()
     return len(rows)
 
@@ -188,10 +189,11 @@ def cut_flow(n: int) -> int:
 
 
 def test_cut_connections_are_retried_and_never_journaled_as_failures(pg_url: str) -> None:
-    with perdure.Engine(pg_url, shutdown_grace=0.5) as engine:
+    name = f"perdure-cut-{pg_url[-16:]}"  # only this test's connections are cut
+    with perdure.Engine(f"{pg_url}&application_name={name}", shutdown_grace=0.5) as engine:
         handle = engine.start(cut_flow, 20, id="cut")
         wait_until(lambda: calls["slow-10"] == 1)
-        assert _cut_connections(pg_url) >= 1
+        assert _cut_connections(name) >= 1
         gate.set()
         assert handle.result(timeout=30) == sum(range(20))
         steps = engine.list_steps("cut")
@@ -272,3 +274,17 @@ def test_an_enqueued_workflow_reaches_an_idle_worker_at_once(pg_url: str) -> Non
         sent = time.monotonic()
         assert client.enqueue(NOTIFIED_QUEUE, notified_queued, 21).result(timeout=5) == 42
         assert time.monotonic() - sent < 1.0
+
+
+def test_url_parameters_set_the_pool_and_the_outage_budget(pg_url: str) -> None:
+    from perdure.store.postgres import PostgresStore
+
+    store = PostgresStore(f"{pg_url}&pool_size=3&outage_timeout=7.5")
+    try:
+        assert store.outage_timeout == 7.5
+        assert store._pool.max_size == 3
+        assert "pool_size" not in store._conninfo and "outage" not in store._conninfo
+    finally:
+        store.close()
+    with pytest.raises(perdure.ConfigurationError, match="pool_size"):
+        PostgresStore(f"{pg_url}&pool_size=zero")

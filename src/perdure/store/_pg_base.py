@@ -63,18 +63,41 @@ _NOW = "extract(epoch from clock_timestamp())::double precision"
 Conn = psycopg.Connection[Any]
 
 
-def split_url(url: str) -> tuple[str, str | None]:
-    """Take perdure's own ``schema`` query parameter out of a PostgreSQL URL."""
+#: perdure's own query parameters in a PostgreSQL URL (libpq never sees them)
+URL_OPTIONS = frozenset({"schema", "pool_size", "outage_timeout"})
+
+
+def url_options(url: str) -> tuple[str, dict[str, str]]:
+    """Take perdure's own query parameters (:data:`URL_OPTIONS`) out of a PostgreSQL URL:
+    the libpq URL, and those parameters."""
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = None
+    own: dict[str, str] = {}
     kept = []
-    for key, value in query:
-        if key == "schema":
-            schema = value
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in URL_OPTIONS:
+            own[key] = value
         else:
             kept.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), schema
+    return urlunsplit(parts._replace(query=urlencode(kept))), own
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The libpq URL without perdure's parameters, and the ``schema`` one."""
+    conninfo, own = url_options(url)
+    return conninfo, own.get("schema")
+
+
+def _number(own: dict[str, str], key: str, default: float, kind: type[float] | type[int]) -> Any:
+    """A positive numeric URL parameter, or ``default``."""
+    if key not in own:
+        return default
+    try:
+        value = kind(own[key])
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ConfigurationError(f"URL parameter {key}={own[key]!r} must be a positive number")
+    return value
 
 
 class PgBase:
@@ -91,8 +114,10 @@ class PgBase:
         connect_timeout: float = 10.0,
         outage_timeout: float = 120.0,
     ) -> None:
-        conninfo, url_schema = split_url(url)
-        schema = schema if schema is not None else url_schema
+        conninfo, own = url_options(url)
+        schema = schema if schema is not None else own.get("schema")
+        max_size = _number(own, "pool_size", max_size, int)
+        outage_timeout = _number(own, "outage_timeout", outage_timeout, float)
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise ConfigurationError(
                 f"PostgreSQL schema name {schema!r} must be lowercase letters, digits and _"
@@ -101,6 +126,7 @@ class PgBase:
         self.outage_timeout = outage_timeout
         self._label = _redact(conninfo) + (f" (schema {schema})" if schema else "")
         self._closed = False
+        self._outage = False  # a call is retrying transient failures (for logging)
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(1, int(connect_timeout)),
@@ -162,7 +188,8 @@ class PgBase:
                         if found is not _UNSETTLED:
                             return typing.cast(T, found)
                     result = fn(conn)
-                if give_up_at is not None:
+                if give_up_at is not None and self._outage:
+                    self._outage = False
                     log.warning("perdure: PostgreSQL database %s is reachable again", self._label)
                 return result
             except psycopg.Error as exc:
@@ -171,6 +198,8 @@ class PgBase:
                 now = time.monotonic()
                 if give_up_at is None:
                     give_up_at = now + self.outage_timeout
+                if not self._outage:  # logged once per outage, not once per waiting call
+                    self._outage = True
                     log.warning(
                         "perdure: PostgreSQL database %s failed (%s); retrying for up to %.0f s",
                         self._label, str(exc).strip(), self.outage_timeout,

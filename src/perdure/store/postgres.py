@@ -93,8 +93,9 @@ class PostgresStore(PgWaiting):
     """A :class:`~perdure.store.Store` on a PostgreSQL database.
 
     Args:
-        url: a libpq URL (``postgresql://user@host:5432/db``); a ``schema`` query parameter
-            selects the PostgreSQL schema perdure's tables live in.
+        url: a libpq URL (``postgresql://user@host:5432/db``). perdure's own query
+            parameters: ``schema`` (the PostgreSQL schema of its tables), ``pool_size`` (sets
+            ``max_size``) and ``outage_timeout``, so an ``Engine(url)`` can set them.
         schema: the schema (overrides the URL's); default: the server's search_path.
         min_size: connections the pool keeps open.
         max_size: most connections the pool opens at once.
