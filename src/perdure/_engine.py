@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
 from . import _runner
-from ._clock import Clock, SystemClock
+from ._clock import Clock, DatabaseClock
 from ._decorators import WorkflowSpec, registered, registered_names, spec_of
 from ._engine_ops import EngineOperations
 from ._errors import (
@@ -81,7 +81,8 @@ class Engine(EngineOperations):
         max_recoveries: takeovers after which a workflow that keeps killing its workers is
             dead-lettered (status DEAD_LETTER) instead of being run again.
         clock: the time source for backoff, retry times, timers and deadlines (tests pass
-            ``perdure.testing.FakeClock()``).
+            ``perdure.testing.FakeClock()``). Default: this machine's clock, corrected to agree
+            with the database server's clock on PostgreSQL.
         suspend_after: a wait longer than this (seconds) unloads the workflow: it holds no
             thread until its timer is due or its message arrives.
         poll_interval: how often the database is checked for messages, decisions and
@@ -119,7 +120,7 @@ class Engine(EngineOperations):
         self._auto_recover = recover
         self._default_retry = retry
         self._max_recoveries = max_recoveries
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or DatabaseClock()
         self.worker = this_worker()
         self._closing = threading.Event()
         self._poll_interval = poll_interval
@@ -160,6 +161,7 @@ class Engine(EngineOperations):
             if self._poll_interval is None:
                 self._poll_interval = 1.0 if notified else 0.1
             self._store.heartbeat(self.worker, self._lease)
+            self._measure_clock()
             self._runner.start(self._store)
             if self._auto_recover:
                 self.recover()
@@ -200,6 +202,12 @@ class Engine(EngineOperations):
         finisher.start()
         finisher.join(timeout=max(self._grace, 0.5))
         self._runner.stop()
+
+    def _measure_clock(self) -> None:
+        """Align the default clock with the database server's (timers set here must fire on
+        time in a worker on another machine, whose own clock may be off)."""
+        if isinstance(self.clock, DatabaseClock):
+            self.clock.measure(self.store.database_time)
 
     def _release_all(self) -> None:
         assert self._store is not None
@@ -554,6 +562,7 @@ class Engine(EngineOperations):
         while not self._closing.wait(self._heartbeat_interval):
             try:
                 self.store.heartbeat(self.worker, self._lease)
+                self._measure_clock()
                 for workflow_id in self.store.cancel_requests(self.worker.id):
                     self._signal_cancel(workflow_id)
                 for workflow_id, (lease, stalled) in list(self._unreleased.items()):

@@ -288,3 +288,19 @@ def test_url_parameters_set_the_pool_and_the_outage_budget(pg_url: str) -> None:
         store.close()
     with pytest.raises(perdure.ConfigurationError, match="pool_size"):
         PostgresStore(f"{pg_url}&pool_size=zero")
+
+
+def test_the_default_clock_follows_the_database_server(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timers are set by one worker and fired by another: on a machine whose clock is an hour
+    behind, the engine's clock still agrees with the server's (and so with other workers')."""
+    import time
+
+    real = time.time
+    with perdure.Engine(pg_url) as engine:
+        assert abs(engine.clock.time() - real()) < 0.5  # this machine and the server agree
+    monkeypatch.setattr(time, "time", lambda: real() - 3600.0)
+    with perdure.Engine(pg_url) as skewed:
+        assert abs(skewed.clock.time() - real()) < 0.5
+        assert abs(skewed.clock.time() - time.time() - 3600.0) < 0.5

@@ -268,6 +268,11 @@ class PgBase:
         found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
         return found.fetchone() is not None
 
+    def database_time(self) -> float | None:
+        """The server's clock, seconds since the epoch."""
+        found = self._fetchone(f"SELECT {_NOW}")
+        return None if found is None else float(found[0])
+
     # -- notifications -----------------------------------------------------------------------
 
     def subscribe(self, wake: Callable[[], None]) -> bool:

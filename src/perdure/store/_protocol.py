@@ -197,6 +197,10 @@ class Store(Protocol):
     def migrate(self) -> None:
         """Create or upgrade the schema to the version this code knows."""
 
+    def database_time(self) -> float | None:
+        """The database server's clock (seconds since the epoch), or None when the database
+        shares this machine's clock (an embedded file)."""
+
     def subscribe(self, wake: Callable[[], None]) -> bool:
         """Have ``wake`` called (from any thread) when another process records something a
         worker may act on: a message, a decision, a cancellation, an enqueued workflow, a

@@ -107,6 +107,10 @@ class SQLiteBase:
 
         self._run(apply)
 
+    def database_time(self) -> float | None:
+        """None: the database file shares this machine's clock."""
+        return None
+
     def subscribe(self, wake: Callable[[], None]) -> bool:
         """SQLite cannot notify other processes: returns False (engines poll the file)."""
         return False
