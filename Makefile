@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-sqlite test-postgres lint bench clean
+.PHONY: demo test test-sqlite test-postgres lint bench bench-postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "perdure needs Python >= 3.11"'
@@ -35,6 +35,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/step_overhead.py
+
+# perdure against DBOS Transact on PostgreSQL, 1/2/4 workers (installs dbos into bench/.peers);
+# then cross-process wake-up latency (LISTEN/NOTIFY against polling).
+bench-postgres: $(STAMP)
+	$(PY) bench/pg_workers.py
+	$(PY) bench/pg_wakeup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

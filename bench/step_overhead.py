@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 import perdure
+from _common import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 WALL_TARGET = 1.3
@@ -350,17 +351,6 @@ def filesystem(path: Path) -> str:
     except OSError:
         pass
     return f"{best[1]} ({best[2]}, mounted on {best[0] or '?'})"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def describe(workdir: Path) -> None:

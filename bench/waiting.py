@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import perdure
+from _common import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY_TARGET = 5 * 1024  # bytes per waiting workflow
@@ -455,17 +456,6 @@ def filesystem(path: Path) -> str:
     except OSError:
         pass
     return f"{best[1]} ({best[2]}, mounted on {best[0] or '?'})"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def describe(workdir: Path, args: argparse.Namespace) -> None:
