@@ -3,9 +3,12 @@ the DBOS child imports it from its own virtual environment."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,3 +59,36 @@ def run_many(
         for _ in range(min(inflight, max(workflows, 1))):
             pool.submit(worker)
     return {"ok": state["ok"], "errors": state["errors"], "error": "; ".join(first_error)}
+
+
+def serve(args: argparse.Namespace, run: Callable[[int], int], note: str = "") -> None:
+    """A benchmark child's work, by ``args.mode``: ``setup`` (open, report), ``steps`` (one
+    timed workflow of ``args.steps`` steps), ``count`` (run ``args.workflows`` untimed), or
+    ``throughput`` (``args.workflows`` timed, ``args.inflight`` at a time). Timed modes print
+    READY and wait for a line on stdin (the orchestrator's barrier), then report with
+    :func:`emit` and wait for another line before returning."""
+    if args.mode == "setup":
+        emit({"ok": 1})
+    elif args.mode == "steps":
+        if run(args.steps) != args.steps:  # warm-up, untimed
+            raise RuntimeError("warm-up returned a wrong result")
+        print(f"READY {args.name}{note}", flush=True)
+        sys.stdin.readline()  # the orchestrator starts its clocks, then sends a line
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        result = run(args.steps)
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        emit({"wall": wall1 - wall0, "cpu": cpu1 - cpu0, "ok": int(result == args.steps)})
+        sys.stdin.readline()  # stay connected until the orchestrator has read the server
+    elif args.mode == "count":
+        for _ in range(args.workflows):
+            run(args.steps)
+        emit({"ok": args.workflows})
+    else:
+        warm = run_many(run, args.warmup, args.steps, args.inflight)
+        print(f"READY {args.name} warm-up ok={warm['ok']} errors={warm['errors']}", flush=True)
+        sys.stdin.readline()  # the barrier: every worker starts on the same line
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        done = run_many(run, args.workflows, args.steps, args.inflight)
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        emit({"wall": wall1 - wall0, "cpu": cpu1 - cpu0, **done})
+        sys.stdin.readline()  # stay connected until the orchestrator has read the server

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from dbos import DBOS
 
-from _common import emit, run_many
+from _common import serve
 
 # -- the workload: the same shape as in _perdure_child.py -------------------------------------
 
@@ -69,31 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     DBOS.launch()
     try:
-        if args.mode == "setup":
-            emit({"ok": 1})
-        elif args.mode == "steps":
-            if run(args.steps) != args.steps:  # warm-up, untimed
-                raise RuntimeError("warm-up returned a wrong result")
-            print(f"READY {args.name}", flush=True)
-            sys.stdin.readline()  # the orchestrator starts its clocks, then sends a line
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            result = run(args.steps)
-            cpu1, wall1 = time.process_time(), time.perf_counter()
-            emit({"wall": wall1 - wall0, "cpu": cpu1 - cpu0, "ok": int(result == args.steps)})
-            sys.stdin.readline()  # stay connected until the orchestrator has read the server
-        elif args.mode == "count":
-            for _ in range(args.workflows):
-                run(args.steps)
-            emit({"ok": args.workflows})
-        else:
-            warm = run_many(run, args.warmup, args.steps, args.inflight)
-            print(f"READY {args.name} warm-up ok={warm['ok']} errors={warm['errors']}", flush=True)
-            sys.stdin.readline()  # the barrier: every worker starts on the same line
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            done = run_many(run, args.workflows, args.steps, args.inflight)
-            cpu1, wall1 = time.process_time(), time.perf_counter()
-            emit({"wall": wall1 - wall0, "cpu": cpu1 - cpu0, **done})
-            sys.stdin.readline()  # stay connected until the orchestrator has read the server
+        serve(args, run)
     finally:
         DBOS.destroy()
     return 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from typing import Any
 import psycopg
 
 import perdure
-from _common import emit, run_many
+from _common import serve
 
 # -- the workload: the same shape as in _dbos_child.py ----------------------------------------
 
@@ -111,31 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with OPENERS[args.engine](args.url) as run:
-        if args.mode == "setup":
-            emit({"ok": 1})
-        elif args.mode == "steps":
-            if run(args.steps) != args.steps:  # warm-up, untimed
-                raise RuntimeError("warm-up returned a wrong result")
-            print(f"READY {args.name} perdure from {perdure.__file__}", flush=True)
-            sys.stdin.readline()  # the orchestrator starts its clocks, then sends a line
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            result = run(args.steps)
-            cpu1, wall1 = time.process_time(), time.perf_counter()
-            emit({"wall": wall1 - wall0, "cpu": cpu1 - cpu0, "ok": int(result == args.steps)})
-            sys.stdin.readline()  # stay connected until the orchestrator has read the server
-        elif args.mode == "count":
-            for _ in range(args.workflows):
-                run(args.steps)
-            emit({"ok": args.workflows})
-        else:
-            warm = run_many(run, args.warmup, args.steps, args.inflight)
-            print(f"READY {args.name} warm-up ok={warm['ok']} errors={warm['errors']}", flush=True)
-            sys.stdin.readline()  # the barrier: every worker starts on the same line
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            done = run_many(run, args.workflows, args.steps, args.inflight)
-            cpu1, wall1 = time.process_time(), time.perf_counter()
-            emit({"wall": wall1 - wall0, "cpu": cpu1 - cpu0, **done})
-            sys.stdin.readline()  # stay connected until the orchestrator has read the server
+        serve(args, run, f" perdure from {perdure.__file__}")
     return 0
 
 
