@@ -38,13 +38,15 @@ class WorkflowInfo:
     Attributes:
         id: the workflow id (its idempotency key).
         name: the registered workflow name.
-        status: PENDING, RUNNING, SUCCESS or ERROR.
+        status: ENQUEUED, PENDING, RUNNING, WAITING, SUCCESS, ERROR, CANCELLED or
+            DEAD_LETTER.
         args, kwargs: the inputs it was started with.
         output: the result, when status is SUCCESS.
         error: the exception, when status is ERROR.
         created_at, updated_at: UTC times.
         recoveries: how many times a worker took it over after another stopped or died.
         owner: the worker running it now, if any.
+        queue: the queue it was enqueued on, if any.
     """
 
     id: str
@@ -58,6 +60,7 @@ class WorkflowInfo:
     updated_at: dt.datetime
     recoveries: int
     owner: str | None
+    queue: str | None = None
 
     @classmethod
     def from_row(cls, row: WorkflowRow) -> WorkflowInfo:
@@ -78,6 +81,7 @@ class WorkflowInfo:
             updated_at=utc(row.updated_at),
             recoveries=row.recoveries,
             owner=row.owner,
+            queue=row.queue,
         )
 
 

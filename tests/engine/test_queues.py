@@ -65,6 +65,7 @@ def test_enqueued_workflows_run_and_return(engine: perdure.Engine) -> None:
     handles = [engine.enqueue(PLAIN, queued_job, "plain", f"p{i}") for i in range(5)]
     assert [h.result(timeout=20) for h in handles] == [f"p{i}" for i in range(5)]
     assert {w.status for w in engine.list_workflows()} == {perdure.WorkflowStatus.SUCCESS}
+    assert {w.queue for w in engine.list_workflows()} == {"test-plain"}
 
 
 def test_a_client_only_enqueues_and_a_worker_runs(db_url: str) -> None:

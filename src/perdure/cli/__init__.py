@@ -446,6 +446,8 @@ def _header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
     ]
     if info.owner is not None:
         rows.append(("owner", info.owner))
+    if info.queue:
+        rows.append(("queue", info.queue))
     lines = []
     for label, value in rows:
         value = _one_line(value)
