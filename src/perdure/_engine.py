@@ -453,9 +453,9 @@ class Engine(EngineOperations):
         """Take over and resume unfinished workflows whose worker died or stopped.
 
         Runs by itself when the engine opens and every ``recovery_interval`` seconds (every
-        heartbeat while a backlog remains). Each call takes at most about twice what this
-        engine can run at once (``max_threads``), so the work of a dead worker spreads over
-        the live ones instead of piling onto the first to look. Workflows whose name is not
+        heartbeat while a backlog remains). Each call takes at most what this engine can start
+        at once (``max_threads`` minus what it runs), so the work of a dead worker spreads
+        over the live ones instead of piling onto the first to look. Workflows whose name is not
         registered here are left alone and logged as errors.
 
         Returns:
@@ -465,9 +465,12 @@ class Engine(EngineOperations):
         workers = store.list_workers()
         dead = dead_workers(workers, self.worker)
         handles: list[WorkflowHandle[Any]] = []
-        room = max(1, 2 * self._max_threads - self._runner.running())
-        claimed = store.claim(self.worker.id, registered_names(), dead, room)
-        self._backlog = len(claimed) == room
+        # Take only what can start now: a workflow claimed but left waiting for a thread
+        # would count as a stall if this worker died too, and could be dead-lettered
+        # without ever having run.
+        room = self._max_threads - self._runner.running()
+        claimed = store.claim(self.worker.id, registered_names(), dead, room) if room > 0 else []
+        self._backlog = room <= 0 or len(claimed) == room
         for row in claimed:
             if self._resume(row):
                 handles.append(WorkflowHandle(self, row.id))
