@@ -26,6 +26,7 @@ from ._decorators import WorkflowSpec
 from ._errors import EngineClosedError, PerdureError, WorkflowInterrupted, WorkflowSuspended
 from ._retry import RetryPolicy
 from ._threads import DaemonPool
+from ._usage import REPLAY_EVENT, note_replay
 from .store import Lease, Store, WorkflowRow
 
 log = logging.getLogger("perdure")
@@ -207,6 +208,8 @@ class Runner:
     def _context(self, row: WorkflowRow, lease: Lease, run: Run) -> WorkflowContext:
         assert self.store is not None
         journal = [] if run.fresh else self.store.load_steps(row.id)
+        if journal:
+            self._note_replay(row.id, journal)
         attempts = [] if run.fresh else self.store.load_attempts(row.id)
         # Async steps commit inline on the runner's own loop (it runs only workflows, whose
         # commits serialize on the store anyway), and inline without fsync (durability
@@ -221,6 +224,16 @@ class Runner:
         )  # fmt: skip
         run.ctx = ctx
         return ctx
+
+    def _note_replay(self, workflow_id: str, journal: list[Any]) -> None:
+        """Count the model calls this resumption replays instead of sending again."""
+        assert self.store is not None
+        try:
+            value = note_replay(self.store.get_event(workflow_id, REPLAY_EVENT), journal)
+            if value is not None:
+                self.store.set_event(workflow_id, REPLAY_EVENT, value)
+        except PerdureError as exc:  # accounting must never stop a run
+            log.warning("perdure: could not record replay savings of %r: %s", workflow_id, exc)
 
     def _run_sync(
         self,

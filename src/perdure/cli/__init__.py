@@ -62,6 +62,7 @@ from .._errors import (
 )
 from .._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from .._signals import ApprovalInfo, ApprovalNotPending
+from .._usage import REPLAY_EVENT, replay_saved, usage
 from ..store import Store, WorkflowStatus, open_store
 
 __all__ = [
@@ -598,16 +599,30 @@ def show_command(workflow_id: str, db: str, as_json: bool) -> None:
         # Attempts first: a step committed in between then counts as done, not as retrying.
         attempts = _admin.list_attempts(store, workflow_id)
         steps = _admin.list_steps(store, workflow_id)
+        store_event = store.get_event(workflow_id, REPLAY_EVENT)
     pending = _pending_retries(steps, attempts)
+    tokens = usage(steps)
+    saved = replay_saved(store_event)
     if as_json:
         data = _admin.workflow_to_dict(info)
         data["steps"] = [_admin.step_to_dict(step) for step in steps]
         data["retrying"] = [_admin.retrying_to_dict(failures) for failures in pending]
+        data["usage"] = {"model_calls": tokens.calls, "input_tokens": tokens.input_tokens,
+                         "output_tokens": tokens.output_tokens,
+                         "saved_by_replay": {"model_calls": saved.calls,
+                                             "input_tokens": saved.input_tokens,
+                                             "output_tokens": saved.output_tokens}}  # fmt: skip
         _echo_json(data)
         return
     width = _terminal_width()
     for line in _header_lines(info, width):
         click.echo(line)
+    if tokens.calls:
+        click.echo(f"{'tokens':<12}{tokens.input_tokens:,} in, {tokens.output_tokens:,} out "
+                   f"({tokens.calls} model calls)")  # fmt: skip
+    if saved.calls:
+        click.echo(f"{'replayed':<12}{saved.calls} model calls ({saved.total_tokens:,} tokens) "
+                   "came from the journal on resumption instead of being sent again")  # fmt: skip
     click.echo()
     if not steps:
         click.echo("No steps recorded.")

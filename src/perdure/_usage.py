@@ -1,0 +1,104 @@
+"""Token accounting: what a workflow's model calls cost, from its journal.
+
+Each journaled model call (``openai.*`` and ``anthropic.*`` steps) records the provider's usage
+in its response; :func:`usage` sums them. A recovered run replays the calls journaled before
+the crash instead of sending them again: :func:`usage` also says how many calls and tokens
+that saved: each time a run resumes a journal holding model calls, :func:`note_replay` adds
+them to the workflow's ``perdure.replay_saved`` event, which ``perdure show`` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MODEL_STEPS = ("openai.", "anthropic.")
+#: the event under which a workflow keeps what replay saved it (see :func:`note_replay`)
+REPLAY_EVENT = "perdure.replay_saved"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens reported by a workflow's model calls.
+
+    Attributes:
+        calls: model calls journaled. input_tokens, output_tokens: their sums.
+    """
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input and output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.calls + other.calls, self.input_tokens + other.input_tokens,
+                     self.output_tokens + other.output_tokens)  # fmt: skip
+
+
+def usage(steps: Iterable[Any]) -> Usage:
+    """Sum the usage of the model calls among ``steps`` (``engine.list_steps(id)``, or store
+    rows whose ``output`` is journal JSON)."""
+    total = Usage()
+    for step in steps:
+        if str(getattr(step, "name", "")).startswith(MODEL_STEPS):
+            total = total + call_usage(getattr(step, "output", None))
+    return total
+
+
+def call_usage(output: Any) -> Usage:
+    """The usage one model call's recorded response reports (zero if it has none)."""
+    if isinstance(output, str):
+        import json
+
+        try:
+            output = json.loads(output)
+        except ValueError:
+            return Usage(1)
+    if isinstance(output, Mapping) and "$model" in output:
+        output = output.get("data")
+    found = output.get("usage") if isinstance(output, Mapping) else getattr(output, "usage", None)
+    if found is None:
+        return Usage(1)
+
+    def field(*names: str) -> int:
+        for name in names:
+            value = found.get(name) if isinstance(found, Mapping) else getattr(found, name, None)
+            if isinstance(value, int):
+                return value
+        return 0
+
+    return Usage(1, field("prompt_tokens", "input_tokens"),
+                 field("completion_tokens", "output_tokens"))  # fmt: skip
+
+
+def note_replay(earlier: str | None, journal: Iterable[Any]) -> str | None:
+    """The new value of the replay event when a run resumes ``journal`` (None: no model call
+    in it, nothing to note). ``earlier`` is the event's JSON value so far."""
+    import json
+
+    replayed = usage(journal)
+    if not replayed.calls:
+        return None
+    so_far = json.loads(earlier) if earlier else {}
+    return json.dumps({
+        "model_calls": int(so_far.get("model_calls", 0)) + replayed.calls,
+        "input_tokens": int(so_far.get("input_tokens", 0)) + replayed.input_tokens,
+        "output_tokens": int(so_far.get("output_tokens", 0)) + replayed.output_tokens,
+        "resumes": int(so_far.get("resumes", 0)) + 1,
+    })  # fmt: skip
+
+
+def replay_saved(value: str | None) -> Usage:
+    """What replay saved, from the event's JSON value."""
+    import json
+
+    if not value:
+        return Usage()
+    data = json.loads(value)
+    return Usage(int(data.get("model_calls", 0)), int(data.get("input_tokens", 0)),
+                 int(data.get("output_tokens", 0)))  # fmt: skip

@@ -1,0 +1,162 @@
+"""Durable model calls through the official SDKs.
+
+``perdure.agents.durable(client)`` wraps an ``openai.OpenAI`` / ``openai.AsyncOpenAI`` or
+``anthropic.Anthropic`` / ``anthropic.AsyncAnthropic`` client. The wrapper is the client: every
+attribute is the client's own, except the calls below, which inside a workflow become journaled
+steps:
+
+* ``client.chat.completions.create(...)`` (OpenAI chat completions) -> ``ChatCompletion``
+* ``client.responses.create(...)`` (OpenAI Responses API) -> ``Response``
+* ``client.messages.create(...)`` (Anthropic messages) -> ``Message``
+
+The first execution sends the request through the SDK; its response (as the API sent it, JSON)
+is committed before the call returns, and a replay rebuilds the same SDK type from it, without
+a request. Both build the object as the SDK does (leniently), so first run and replay see the
+same thing. Only the response is journaled: the request (the whole conversation, the API key, the
+headers) never is, so a conversation's journal grows with what the model said, not with the
+history resent at every turn. Retries are perdure's, journaled and classified (429 with
+Retry-After, 5xx, connection errors): the SDK's own retries are switched off inside the step.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .._decorators import StepSpec
+from .._errors import ConfigurationError
+from .._retry import RetryPolicy
+from .._steps import call_step_async, call_step_sync
+
+C = TypeVar("C")
+
+#: journaled calls: (provider, attribute path) -> (step name, "module:Class" of the response)
+_CALLS: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = {
+    ("openai", ("chat", "completions", "create")): (
+        "openai.chat.completions.create", "openai.types.chat:ChatCompletion"),
+    ("openai", ("responses", "create")): (
+        "openai.responses.create", "openai.types.responses:Response"),
+    ("anthropic", ("messages", "create")): (
+        "anthropic.messages.create", "anthropic.types:Message"),
+}  # fmt: skip
+_EXTRAS = {"openai": "openai", "anthropic": "anthropic"}
+
+
+def provider_of(client: Any) -> str:
+    """``"openai"`` or ``"anthropic"``, from the client's class.
+
+    Raises:
+        ConfigurationError: another kind of object.
+    """
+    module = type(client).__module__.partition(".")[0]
+    if module not in _EXTRAS:
+        raise ConfigurationError(
+            f"perdure.agents works with the official openai and anthropic SDK clients, not "
+            f"{type(client).__qualname__} (from {type(client).__module__})"
+        )
+    return module
+
+
+def require(provider: str) -> Any:
+    """Import an SDK, or say which extra installs it."""
+    try:
+        return importlib.import_module(provider)
+    except ImportError:
+        raise ConfigurationError(
+            f"the {provider} SDK is not installed: pip install 'perdure[{_EXTRAS[provider]}]'"
+        ) from None
+
+
+def durable(client: C, *, retry: RetryPolicy | None = None) -> C:
+    """Wrap an official SDK client so that its model calls are durable steps.
+
+    Args:
+        client: an ``openai.OpenAI``, ``openai.AsyncOpenAI``, ``anthropic.Anthropic`` or
+            ``anthropic.AsyncAnthropic`` client.
+        retry: the retry policy of its calls (default: the engine's).
+
+    Returns:
+        A stand-in for the client, typed as the client.
+
+    Raises:
+        ConfigurationError: not one of those clients.
+    """
+    provider = provider_of(client)
+    return _Durable(client, provider, (), retry)  # type: ignore[return-value]
+
+
+class _Durable:
+    """An attribute path of a wrapped client; a journaled call at the end of a known path."""
+
+    def __init__(
+        self, client: Any, provider: str, path: tuple[str, ...], retry: RetryPolicy | None
+    ) -> None:
+        self._client, self._provider, self._path, self._retry = client, provider, path, retry
+
+    def __getattr__(self, name: str) -> Any:
+        path = (*self._path, name)
+        known = _CALLS.get((self._provider, path))
+        if known is not None:
+            return _journaled_call(self._client, path, known, self._retry)
+        if any(key[0] == self._provider and key[1][: len(path)] == path for key in _CALLS):
+            return _Durable(self._client, self._provider, path, self._retry)
+        return _resolve(self._client, path)  # anything else is the client's own, unjournaled
+
+    def __repr__(self) -> str:
+        return f"perdure.agents.durable({self._client!r})"
+
+
+def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        obj = getattr(obj, name)
+    return obj
+
+
+def _payload(response: Any) -> Any:
+    """The response as the API sent it (JSON data): what the journal records."""
+    to_dict = getattr(response, "to_dict", None)
+    return to_dict(mode="json") if callable(to_dict) else response
+
+
+def _rebuild(cls: Any, data: Any) -> Any:
+    """The SDK's own object from recorded JSON, built the SDK's way: leniently, as the SDK
+    builds a live response (strict validation would refuse fields a server left out)."""
+    return cls.construct(**data) if isinstance(data, dict) else data
+
+
+def _journaled_call(
+    client: Any, path: tuple[str, ...], known: tuple[str, str], retry: RetryPolicy | None
+) -> Callable[..., Any]:
+    step_name, type_path = known
+    module, _, cls = type_path.partition(":")
+    hint = getattr(importlib.import_module(module), cls)
+    is_async = type(client).__name__.startswith("Async")
+
+    def create(**kwargs: Any) -> Any:
+        if kwargs.get("stream"):
+            raise ConfigurationError(
+                f"{step_name}(stream=True) is not journaled: call it without stream (the "
+                "response is journaled whole), or stream outside the workflow"
+            )
+        # perdure retries (journaled, classified): the SDK's own retries are off
+        target = _resolve(client.with_options(max_retries=0), path)
+        if is_async:
+
+            async def fetch() -> Any:
+                return _payload(await target(**kwargs))
+
+            spec = StepSpec(step_name, fetch, _resolved=True, retry=retry)
+            recorded = call_step_async(spec, (), {})  # takes its journal key now
+
+            async def rebuilt() -> Any:
+                return _rebuild(hint, await recorded)
+
+            return rebuilt()
+        spec = StepSpec(step_name, lambda: _payload(target(**kwargs)), _resolved=True,
+                        retry=retry)  # fmt: skip
+        return _rebuild(hint, call_step_sync(spec, (), {}))
+
+    create.__name__ = path[-1]
+    create.__qualname__ = step_name
+    return create
