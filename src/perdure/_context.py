@@ -108,6 +108,7 @@ class WorkflowContext:
         deadline_at: float | None = None,
         cancel_requested: bool = False,
         suspend_after: float = 0.5,
+        max_entry_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.workflow_id = workflow_id
         self.name = name
@@ -120,6 +121,7 @@ class WorkflowContext:
         self.wake = threading.Event()  # interrupts a sync backoff wait (cancel, shutdown)
         self.compensating = False
         self.suspend_after = suspend_after
+        self.max_entry_bytes = max_entry_bytes
         self.suspended: WorkflowSuspended | None = None  # latched: the run is unloading
         self.tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.compensations: list[tuple[tuple[Any, ...], Any, tuple[Any, ...], dict[str, Any]]] = []
@@ -257,6 +259,13 @@ class WorkflowContext:
                 f"{exc.type_name} at {exc.path or 'the top level'}{exc.reason}. Return JSON "
                 "data, a dataclass, an Enum or a pydantic model; nothing was committed"
             ) from None
+        if len(output) > self.max_entry_bytes:
+            raise SerializationError(
+                f"{self._where(key, name)} returned {len(output):,} bytes of journal JSON, over "
+                f"the {self.max_entry_bytes:,}-byte cap of one entry (Engine(max_entry_bytes=)): "
+                "store the payload elsewhere (a file, a bucket) and return a reference to it; "
+                "nothing was committed"
+            )
         return self._row(key, name, StepStatus.SUCCESS, output, None, started, attempts)
 
     def failure_row(

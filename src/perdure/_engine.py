@@ -89,6 +89,9 @@ class Engine(EngineOperations):
             queued work from other processes. Default: 0.1 s on SQLite; 1 s on PostgreSQL,
             where those arrive at once by LISTEN/NOTIFY and the poll is only a fallback.
             (A send from this engine, and a due timer, wake it at once either way.)
+        max_entry_bytes: the largest journal entry (a step's result as JSON) accepted; a
+            bigger result fails the step with ``SerializationError`` before anything is
+            committed, instead of a journal that later cannot be loaded back into memory.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class Engine(EngineOperations):
         clock: Clock | None = None,
         suspend_after: float = 0.5,
         poll_interval: float | None = None,
+        max_entry_bytes: int = 32 * 1024 * 1024,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if heartbeat_interval * 2 > lease_seconds:
@@ -129,7 +133,7 @@ class Engine(EngineOperations):
         self._runner = Runner(
             durability=durability, max_threads=max_threads, clock=self.clock, retry=retry,
             closing=self._closing, give_back=self._give_back, loop=_loop,
-            suspend_after=suspend_after,
+            suspend_after=suspend_after, max_entry_bytes=max_entry_bytes,
         )  # fmt: skip
         self._runner.on_suspend = self._wake.set
         self._runner.on_queue_slot = self._wake.set

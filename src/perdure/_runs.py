@@ -72,6 +72,7 @@ class Runner:
         give_back: Callable[[str, Lease, bool], None],
         loop: asyncio.AbstractEventLoop | None,
         suspend_after: float = 0.5,
+        max_entry_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.store: Store | None = None
         self._durability = durability
@@ -80,6 +81,7 @@ class Runner:
         self._closing = closing
         self._give_back = give_back
         self._suspend_after = suspend_after
+        self._max_entry_bytes = max_entry_bytes
         self._threads = DaemonPool(max_threads, "perdure-workflow")
         self._io = DaemonPool(1, "perdure-io")
         self._loop = loop
@@ -221,6 +223,7 @@ class Runner:
             self._io if hop else None, clock=self._clock, default_retry=self._retry,
             attempts=attempts, deadline_at=row.deadline_at,
             cancel_requested=row.cancel_requested, suspend_after=self._suspend_after,
+            max_entry_bytes=self._max_entry_bytes,
         )  # fmt: skip
         run.ctx = ctx
         return ctx

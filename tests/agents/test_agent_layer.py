@@ -355,3 +355,23 @@ def test_a_failing_tool_is_reported_to_the_model(engine: perdure.Engine, server:
     text = engine.run(broken_flow, server.openai_url, id="broken", timeout=30)
     assert text == "done after 1 tool results: The tool failed: ValueError: no index for q-0"
     assert force_replay(engine, "broken") == text  # the recorded failure replays the same way
+
+
+def _mask_ids(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "id": "redacted", "system_fingerprint": None}
+
+
+@perdure.workflow(name="agents_redacted")
+def redacted(base_url: str) -> str:
+    client = agents.durable(openai.OpenAI(base_url=base_url, api_key=OPENAI_KEY),
+                            redact=_mask_ids)  # fmt: skip
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "z"}])
+    return f"{reply.id} {reply.choices[0].message.content}"
+
+
+def test_a_redaction_hook_shapes_what_is_journaled(engine: perdure.Engine, server: FakeLLM) -> None:
+    assert engine.run(redacted, server.openai_url, id="masked", timeout=30) == "redacted hello: z"
+    store: Any = engine.store
+    [row] = store.load_steps("masked")
+    assert '"id": "redacted"' in row.output or '"id":"redacted"' in row.output
+    assert force_replay(engine, "masked") == "redacted hello: z"

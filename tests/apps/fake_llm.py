@@ -9,6 +9,7 @@ with ``stream=True``) on 127.0.0.1, in a daemon thread: ``with FakeLLM() as serv
 The model is one deterministic script for the three APIs, driven only by the request. With
 ``k`` tool results already in the conversation: if tools are offered and ``k < turns`` (the
 server's ``turns``, or ``TURNS=<n>`` in the last user text), it calls the first offered tool
+(or, with ``TOOLS=a,b`` in the last user text, the k-th named one, cycling)
 once with ``{"<first required param or first property>": "q-<k>"}`` (``k`` for integer and
 number params); otherwise it answers ``"done after <k> tool results: <last result[:200]>"``,
 or ``"hello: <last user text>"`` when there are neither tools nor tool results.
@@ -135,8 +136,12 @@ def decide(path: str, body: dict[str, Any], turns: int) -> Reply:
     asked = re.search(r"TURNS=(\d+)", view.user_text)
     turns = int(asked.group(1)) if asked else turns
     reply = Reply(k=k, prompt_tokens=_tokens(view.prompt_chars))
+    order = re.search(r"TOOLS=([\w,]+)", view.user_text)
     if view.tools and k < turns:
         reply.tool, schema = view.tools[0]
+        if order:  # TOOLS=a,b: the k-th call is of the k-th named tool (cycling)
+            wanted = order.group(1).split(",")[k % len(order.group(1).split(","))]
+            reply.tool, schema = next((t for t in view.tools if t[0] == wanted), view.tools[0])
         props: dict[str, Any] = schema.get("properties") or {}
         required: list[str] = schema.get("required") or []
         name = required[0] if required else next(iter(props), None)

@@ -62,3 +62,31 @@ def test_a_corrupt_journal_row_fails_the_run_clearly_and_is_kept(tmp_path: Path)
     conn.close()
     assert kept == [('{"trunc',)]  # the row is left as it was, for a human to inspect
     assert bodies == ["first", "wait"]  # the corrupt step was not silently re-run
+
+
+@perdure.step
+def huge(n: int) -> str:
+    return "x" * n
+
+
+@perdure.workflow(name="bad_input_huge")
+def returns_huge(n: int) -> int:
+    try:
+        huge(n)
+    except perdure.SerializationError as exc:
+        return len(str(exc))
+    return -1
+
+
+def test_a_result_over_the_entry_cap_fails_clearly_and_commits_nothing(db_url: str) -> None:
+    with perdure.Engine(db_url, max_entry_bytes=1000, shutdown_grace=0.5) as engine:
+        assert engine.run(returns_huge, 500, id="small", timeout=10) == -1
+        assert engine.run(returns_huge, 5000, id="big", timeout=10) > 0
+        assert [s.name for s in engine.list_steps("big")] == []  # nothing journaled
+        with pytest.raises(perdure.SerializationError, match="1,000-byte cap"):
+            engine.run(huge_flow, id="raised", timeout=10)
+
+
+@perdure.workflow(name="bad_input_huge_flow")
+def huge_flow() -> str:
+    return huge(2000)

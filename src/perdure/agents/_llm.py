@@ -68,13 +68,19 @@ def require(provider: str) -> Any:
         ) from None
 
 
-def durable(client: C, *, retry: RetryPolicy | None = None) -> C:
+Redact = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def durable(client: C, *, retry: RetryPolicy | None = None, redact: Redact | None = None) -> C:
     """Wrap an official SDK client so that its model calls are durable steps.
 
     Args:
         client: an ``openai.OpenAI``, ``openai.AsyncOpenAI``, ``anthropic.Anthropic`` or
             ``anthropic.AsyncAnthropic`` client.
         retry: the retry policy of its calls (default: the engine's).
+        redact: called with each response as JSON data before it is journaled; returns what
+            to journal instead (drop or mask fields). The call then returns the redacted
+            response on the first run too, so a replay sees exactly what the run saw.
 
     Returns:
         A stand-in for the client, typed as the client.
@@ -83,24 +89,30 @@ def durable(client: C, *, retry: RetryPolicy | None = None) -> C:
         ConfigurationError: not one of those clients.
     """
     provider = provider_of(client)
-    return _Durable(client, provider, (), retry)  # type: ignore[return-value]
+    return _Durable(client, provider, (), retry, redact)  # type: ignore[return-value]
 
 
 class _Durable:
     """An attribute path of a wrapped client; a journaled call at the end of a known path."""
 
     def __init__(
-        self, client: Any, provider: str, path: tuple[str, ...], retry: RetryPolicy | None
+        self,
+        client: Any,
+        provider: str,
+        path: tuple[str, ...],
+        retry: RetryPolicy | None,
+        redact: Redact | None = None,
     ) -> None:
         self._client, self._provider, self._path, self._retry = client, provider, path, retry
+        self._redact = redact
 
     def __getattr__(self, name: str) -> Any:
         path = (*self._path, name)
         known = _CALLS.get((self._provider, path))
         if known is not None:
-            return _journaled_call(self._client, path, known, self._retry)
+            return _journaled_call(self._client, path, known, self._retry, self._redact)
         if any(key[0] == self._provider and key[1][: len(path)] == path for key in _CALLS):
-            return _Durable(self._client, self._provider, path, self._retry)
+            return _Durable(self._client, self._provider, path, self._retry, self._redact)
         return _resolve(self._client, path)  # anything else is the client's own, unjournaled
 
     def __repr__(self) -> str:
@@ -113,10 +125,11 @@ def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
     return obj
 
 
-def _payload(response: Any) -> Any:
-    """The response as the API sent it (JSON data): what the journal records."""
+def _payload(response: Any, redact: Redact | None) -> Any:
+    """The response as the API sent it (JSON data), redacted: what the journal records."""
     to_dict = getattr(response, "to_dict", None)
-    return to_dict(mode="json") if callable(to_dict) else response
+    data = to_dict(mode="json") if callable(to_dict) else response
+    return redact(data) if redact is not None and isinstance(data, dict) else data
 
 
 def _rebuild(cls: Any, data: Any) -> Any:
@@ -126,7 +139,11 @@ def _rebuild(cls: Any, data: Any) -> Any:
 
 
 def _journaled_call(
-    client: Any, path: tuple[str, ...], known: tuple[str, str], retry: RetryPolicy | None
+    client: Any,
+    path: tuple[str, ...],
+    known: tuple[str, str],
+    retry: RetryPolicy | None,
+    redact: Redact | None,
 ) -> Callable[..., Any]:
     step_name, type_path = known
     module, _, cls = type_path.partition(":")
@@ -144,7 +161,7 @@ def _journaled_call(
         if is_async:
 
             async def fetch() -> Any:
-                return _payload(await target(**kwargs))
+                return _payload(await target(**kwargs), redact)
 
             spec = StepSpec(step_name, fetch, _resolved=True, retry=retry)
             recorded = call_step_async(spec, (), {})  # takes its journal key now
@@ -153,7 +170,7 @@ def _journaled_call(
                 return _rebuild(hint, await recorded)
 
             return rebuilt()
-        spec = StepSpec(step_name, lambda: _payload(target(**kwargs)), _resolved=True,
+        spec = StepSpec(step_name, lambda: _payload(target(**kwargs), redact), _resolved=True,
                         retry=retry)  # fmt: skip
         return _rebuild(hint, call_step_sync(spec, (), {}))
 
