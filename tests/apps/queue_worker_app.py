@@ -18,7 +18,7 @@ import time
 
 import perdure
 
-SHARED = perdure.Queue("shared", concurrency=3)
+SHARED = perdure.Queue("shared", concurrency=3, worker_concurrency=2)
 RATED = perdure.Queue("rated", rate_limit=(4, 1.0))
 
 

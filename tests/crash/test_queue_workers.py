@@ -1,5 +1,6 @@
-"""Queue limits across real worker processes: a queue with ``concurrency=3`` served by four
-workers never runs more than three at once (measured from a ledger of start and end times
+"""Queue limits across real worker processes: a queue with ``concurrency=3`` (and
+``worker_concurrency=2``, so that three at once needs two workers) served by four workers never
+runs more than three at once (measured from a ledger of start and end times
 written by the workflows themselves), and a rate limit holds across workers (measured from
 the times the database recorded for each admission). Both backends: PostgreSQL (workers on
 many machines) and SQLite (workers sharing one file)."""
@@ -68,6 +69,7 @@ def test_concurrency_3_holds_across_four_workers(workers: tuple[str, Path]) -> N
     print(f"peak {peak} at once, {len(pids)} worker processes ran the 24 workflows")
     assert peak <= 3
     assert peak == 3  # the limit is used, not a single worker serializing everything
+    # worker_concurrency=2: reaching 3 at once took at least two workers sharing the limit
     assert len(pids) >= 2 and len(ran_in) == len(pids)
     assert len(ledger.read_text().splitlines()) == 48  # each ran once: 24 starts, 24 ends
 
