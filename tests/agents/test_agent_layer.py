@@ -283,8 +283,8 @@ def test_clear_errors_for_wrong_clients_and_missing_sdks(monkeypatch: pytest.Mon
     with pytest.raises(perdure.ConfigurationError, match=r"perdure\[anthropic\]"):
         require("anthropic")
     client = agents.durable(openai.OpenAI(base_url="http://127.0.0.1:9", api_key="k"))
-    with pytest.raises(perdure.ConfigurationError, match="stream"):
-        client.chat.completions.create(model="m", messages=[], stream=True)
+    with pytest.raises(perdure.ConfigurationError, match="chat completions only"):
+        client.responses.create(model="m", input="x", stream=True, on_chunk=print)
 
 
 # -- lean journals -----------------------------------------------------------------------------
@@ -375,3 +375,54 @@ def test_a_redaction_hook_shapes_what_is_journaled(engine: perdure.Engine, serve
     [row] = store.load_steps("masked")
     assert '"id": "redacted"' in row.output or '"id":"redacted"' in row.output
     assert force_replay(engine, "masked") == "redacted hello: z"
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+seen_chunks: list[str] = []
+
+
+def _show(chunk: Any) -> None:
+    for choice in chunk.choices:
+        if choice.delta.content:
+            seen_chunks.append(choice.delta.content)
+        for call in choice.delta.tool_calls or ():
+            seen_chunks.append(f"<call {call.function.name}>" if call.function.name else "")
+
+
+@perdure.workflow(name="agents_streamed")
+def streamed(base_url: str) -> list[str]:
+    client = agents.durable(openai.OpenAI(base_url=base_url, api_key=OPENAI_KEY))
+    tools = [lookup.openai_schema()]
+    first = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "stream TURNS=1"}], tools=tools,
+        stream=True, on_chunk=_show,
+    )  # fmt: skip
+    call = first.choices[0].message.tool_calls[0]
+    final = client.chat.completions.create(
+        model="m", stream=True, on_chunk=_show, tools=tools,
+        messages=[{"role": "user", "content": "stream TURNS=1"},
+                  {"role": "assistant", "tool_calls": [call.to_dict()]},
+                  {"role": "tool", "tool_call_id": call.id, "content": "streamed facts"}],
+    )  # fmt: skip
+    tokens = final.usage.total_tokens if final.usage else None
+    return [type(final).__name__, str(final.choices[0].message.content), call.function.name,
+            call.function.arguments, str(tokens)]  # fmt: skip
+
+
+def test_a_stream_reaches_the_caller_live_and_journals_the_whole_answer(
+    engine: perdure.Engine, server: FakeLLM
+) -> None:
+    seen_chunks.clear()
+    out = engine.run(streamed, server.openai_url, id="streamed", timeout=30)
+    assert out[:4] == ["ChatCompletion", "done after 1 tool results: streamed facts", "lookup",
+                       '{"query": "q-0"}']  # fmt: skip
+    assert out[4] != "None"  # the usage chunk was kept
+    text_chunks = [c for c in seen_chunks if c and not c.startswith("<call")]
+    assert len(text_chunks) > 3  # delivered piece by piece, as the server sent them
+    assert "".join(text_chunks) == out[1]
+    assert server.count(CHAT) == 2
+    seen_chunks.clear()
+    assert force_replay(engine, "streamed") == out
+    assert server.count(CHAT) == 2  # replayed from the journal
+    assert seen_chunks == ["<call lookup>", out[1]]  # re-emitted whole, once per call

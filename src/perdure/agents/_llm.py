@@ -21,13 +21,16 @@ Retry-After, 5xx, connection errors): the SDK's own retries are switched off ins
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .._context import current
 from .._decorators import StepSpec
 from .._errors import ConfigurationError
 from .._retry import RetryPolicy
 from .._steps import call_step_async, call_step_sync
+from ._stream import consume, consume_async, replayed_chunk
 
 C = TypeVar("C")
 
@@ -128,7 +131,10 @@ def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
 def _payload(response: Any, redact: Redact | None) -> Any:
     """The response as the API sent it (JSON data), redacted: what the journal records."""
     to_dict = getattr(response, "to_dict", None)
-    data = to_dict(mode="json") if callable(to_dict) else response
+    return _redacted(to_dict(mode="json") if callable(to_dict) else response, redact)
+
+
+def _redacted(data: Any, redact: Redact | None) -> Any:
     return redact(data) if redact is not None and isinstance(data, dict) else data
 
 
@@ -151,28 +157,52 @@ def _journaled_call(
     is_async = type(client).__name__.startswith("Async")
 
     def create(**kwargs: Any) -> Any:
-        if kwargs.get("stream"):
-            raise ConfigurationError(
-                f"{step_name}(stream=True) is not journaled: call it without stream (the "
-                "response is journaled whole), or stream outside the workflow"
-            )
+        on_chunk = kwargs.pop("on_chunk", None)
         # perdure retries (journaled, classified): the SDK's own retries are off
         target = _resolve(client.with_options(max_retries=0), path)
+        if kwargs.get("stream"):
+            if on_chunk is None and current() is None:
+                return target(**kwargs)  # outside a workflow: the SDK's own stream
+            if on_chunk is None or step_name != "openai.chat.completions.create":
+                raise ConfigurationError(
+                    f"{step_name}(stream=True) in a workflow is journaled for OpenAI chat "
+                    "completions only, with on_chunk=<callable> to receive the chunks; "
+                    "otherwise call it without stream (the response is journaled whole)"
+                )
+            kwargs.setdefault("stream_options", {"include_usage": True})
+        ran: list[bool] = []
         if is_async:
 
             async def fetch() -> Any:
+                ran.append(True)
+                if on_chunk is not None:
+                    return _redacted(await consume_async(await target(**kwargs), on_chunk), redact)
                 return _payload(await target(**kwargs), redact)
 
             spec = StepSpec(step_name, fetch, _resolved=True, retry=retry)
             recorded = call_step_async(spec, (), {})  # takes its journal key now
 
             async def rebuilt() -> Any:
-                return _rebuild(hint, await recorded)
+                response = _rebuild(hint, await recorded)
+                if on_chunk is not None and not ran:  # replayed: re-emit the whole answer
+                    outcome = on_chunk(replayed_chunk(response))
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                return response
 
             return rebuilt()
-        spec = StepSpec(step_name, lambda: _payload(target(**kwargs), redact), _resolved=True,
-                        retry=retry)  # fmt: skip
-        return _rebuild(hint, call_step_sync(spec, (), {}))
+
+        def fetch_sync() -> Any:
+            ran.append(True)
+            if on_chunk is not None:
+                return _redacted(consume(target(**kwargs), on_chunk), redact)
+            return _payload(target(**kwargs), redact)
+
+        spec = StepSpec(step_name, fetch_sync, _resolved=True, retry=retry)
+        response = _rebuild(hint, call_step_sync(spec, (), {}))
+        if on_chunk is not None and not ran:
+            on_chunk(replayed_chunk(response))
+        return response
 
     create.__name__ = path[-1]
     create.__qualname__ = step_name
