@@ -21,7 +21,7 @@ from typing import Any
 
 from .._records import StepInfo
 from ..store import Store, open_store
-from ._demo_agent import model_name
+from ._demo_agent import MODEL_STEP, model_name
 
 WORKFLOW_ID = "research-1"
 KILL_AFTER = 8  # journal entries committed before the kill (the note is saved by then)
@@ -76,7 +76,7 @@ def _watch(store: Store, child: subprocess.Popen[str], shown: int, until: int | 
         for row in steps[shown:]:
             info = StepInfo.from_row(row)
             ms = info.duration.total_seconds() * 1000
-            print(f"  [{info.position}] {info.name:<11} committed  {ms:6.0f} ms{_tokens(info)}")
+            print(f"  [{info.position}] {info.name:<30} committed  {ms:6.0f} ms{_tokens(info)}")
         shown = len(steps)
         if (until is not None and shown >= until) or child.poll() is not None:
             return shown
@@ -90,7 +90,7 @@ def _tokens(info: StepInfo) -> str:
 
 def _usage(info: StepInfo) -> int:
     output: Any = info.output
-    if info.name != "call_model" or not isinstance(output, dict):
+    if info.name != MODEL_STEP or not isinstance(output, dict):
         return 0
     usage = output.get("usage") or {}
     return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
@@ -106,21 +106,21 @@ def _report(
         ran.setdefault(int(pid), []).append(name)
     names = [s.name for s in steps]
     in_flight = ran[pid1][committed:]
-    print(f"{'pos':>3}  {'step':<11} {'run 1 (pid ' + str(pid1) + ')':<24} run 2 (pid {pid2})")
+    print(f"{'pos':>3}  {'step':<30} {'run 1 (pid ' + str(pid1) + ')':<24} run 2 (pid {pid2})")
     for s in steps:
         before = s.position < committed
         first = "executed, committed" if before else ""
         if s.position == committed and in_flight:
             first = "in flight when killed"
         second = "replayed from journal" if before else "executed"
-        print(f"{s.position:>3}  {s.name:<11} {first:<24} {second}")
+        print(f"{s.position:>3}  {s.name:<30} {first:<24} {second}")
     checks = {
         "run 1 ran the bodies of the committed steps, then the one in flight": ran[pid1]
         == names[:committed] + in_flight,
         "run 2 ran only the steps after the journal's end": ran[pid2] == names[committed:],
     }
-    replayed_calls = [s for s in steps[:committed] if s.name == "call_model"]
-    total_calls = names.count("call_model")
+    replayed_calls = [s for s in steps[:committed] if s.name == MODEL_STEP]
+    total_calls = names.count(MODEL_STEP)
     saved_tokens = sum(_usage(s) for s in replayed_calls)
     note_lines = notes.read_text(encoding="utf-8").splitlines() if notes.exists() else []
     checks["the note was saved exactly once"] = len(note_lines) == 1

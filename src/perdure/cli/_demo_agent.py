@@ -1,13 +1,14 @@
-"""The demo's research agent: a durable workflow of model calls and tool calls.
+"""The demo's research agent: a ``perdure.agents.Agent`` over the official openai SDK.
 
 Run by ``perdure demo`` in a child process (``python -m perdure.cli._demo_agent ...``). The
-model is an offline scripted one by default; with ``OPENAI_BASE_URL`` set, any
-OpenAI-compatible endpoint is called through the official ``openai`` SDK instead
-(``OPENAI_MODEL`` picks the model, default ``gpt-4o-mini``).
+model is an offline scripted one by default, served in-process as an HTTP transport of the
+SDK's own HTTP library, so every model call goes through ``openai.OpenAI`` and is journaled
+by ``perdure.agents``; with ``OPENAI_BASE_URL`` set, any OpenAI-compatible endpoint answers
+instead (``OPENAI_MODEL`` picks the model, default ``gpt-4o-mini``).
 
-Every step body appends ``<pid> <step name>`` to a ledger file, so the demo can show which
-process really executed what. The tools read an offline corpus; ``save_note`` has a real side
-effect: it appends to a notes file.
+Every model request and every tool body appends ``<pid> <step name>`` to a ledger file, so
+the demo can show which process really executed what. The tools read an offline corpus;
+``save_note`` has a real side effect: it appends to a notes file.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import perdure
-from perdure import PerdureError
+from perdure import PerdureError, agents
+
+#: the journal's name for a model call (and the ledger's)
+MODEL_STEP = "openai.chat.completions.create"
 
 QUESTION = "Why do AI agents need durable execution?"
 
@@ -35,26 +38,6 @@ CORPUS = {
         "replays finished steps from the journal and resumes at the step in flight."
     ),
 }
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": description,
-            "parameters": {
-                "type": "object",
-                "properties": {arg: {"type": "string"}},
-                "required": [arg],
-            },
-        },
-    }
-    for name, arg, description in [
-        ("search_web", "query", "Search the web; returns result URLs."),
-        ("fetch_page", "url", "Fetch a page's text."),
-        ("save_note", "text", "Save a research note for the user."),
-    ]
-]
 
 _paths: dict[str, str] = {}
 
@@ -91,35 +74,65 @@ def _scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"content": None, "tool_calls": [call], "usage": usage}
 
 
-def _openai_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
+def _scripted_transport(transport_module: Any) -> Any:
+    """An in-process stand-in for an OpenAI-compatible server, as an HTTP transport of the
+    SDK's own HTTP library: the scripted model answers in the chat completions format."""
+
+    def handle(request: Any) -> Any:
+        body = json.loads(request.content)
+        reply = _scripted_reply(body["messages"])
+        calls = [{"id": c["id"], "type": "function",
+                  "function": {"name": c["name"], "arguments": c["arguments"]}}
+                 for c in reply["tool_calls"]]  # fmt: skip
+        message: dict[str, Any] = {"role": "assistant", "content": reply["content"]}
+        if calls:
+            message["tool_calls"] = calls
+        usage = {**reply["usage"],
+                 "total_tokens": sum(reply["usage"].values())}  # fmt: skip
+        return transport_module.Response(200, json={
+            "id": f"scripted-{len(body['messages'])}", "object": "chat.completion",
+            "created": int(time.time()), "model": body["model"], "usage": usage,
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if calls else "stop"}],
+        })  # fmt: skip
+
+    return transport_module.MockTransport(handle)
+
+
+class _Ledgered:
+    """An HTTP transport that writes each model request to the ledger, then sends it on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: Any) -> Any:
+        _ledger(MODEL_STEP)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def make_client() -> Any:
+    """An ``openai.OpenAI`` client: for ``OPENAI_BASE_URL`` when it is set, else for the
+    offline scripted model. Either way every request is written to the ledger."""
     try:
         import openai
     except ImportError:
         raise PerdureError(
-            "OPENAI_BASE_URL is set but the openai SDK is not installed: "
+            "the demo's agent uses the openai SDK, which is not installed: "
             "pip install 'perdure[openai]'"
         ) from None
-    client = openai.OpenAI()
-    response = client.chat.completions.create(
-        model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"),
-        messages=cast(Any, messages),
-        tools=cast(Any, TOOLS),
-    )
-    message = response.choices[0].message
-    calls = [
-        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
-        for c in message.tool_calls or []
-        if c.type == "function"
-    ]
-    usage = response.usage
-    return {
-        "content": message.content,
-        "tool_calls": calls,
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0,
-        },
-    }
+    try:  # the HTTP library the SDK itself uses (httpx2 in recent releases, httpx before)
+        http: Any = __import__("httpx2")
+    except ImportError:
+        http = __import__("httpx")
+    if os.environ.get("OPENAI_BASE_URL"):
+        inner = http.HTTPTransport()
+        return openai.OpenAI(http_client=http.Client(transport=_Ledgered(inner)))
+    scripted = _Ledgered(_scripted_transport(http))
+    return openai.OpenAI(api_key="offline", base_url="http://scripted-model.invalid/v1",
+                         http_client=http.Client(transport=scripted))  # fmt: skip
 
 
 def model_name() -> str:
@@ -129,75 +142,56 @@ def model_name() -> str:
     return "scripted (offline)"
 
 
-@perdure.step
-def call_model(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """One model call; its reply (with token usage) is journaled."""
-    _ledger("call_model")
-    if os.environ.get("OPENAI_BASE_URL"):
-        return _openai_reply(messages)
-    return _scripted_reply(messages)
-
-
 # -- the tools -----------------------------------------------------------------------------
 
 
-@perdure.step
+@agents.tool
 def search_web(query: str) -> list[str]:
-    """Search the offline corpus."""
-    _ledger("search_web")
+    """Search the web; returns result URLs.
+
+    Args:
+        query: what to search for.
+    """
+    _ledger("tool.search_web")
     time.sleep(0.3)
     return list(CORPUS)
 
 
-@perdure.step
+@agents.tool
 def fetch_page(url: str) -> str:
-    """Fetch a page of the offline corpus."""
-    _ledger("fetch_page")
+    """Fetch a page's text.
+
+    Args:
+        url: the page's address.
+    """
+    _ledger("tool.fetch_page")
     time.sleep(0.3)
     return CORPUS.get(url, f"404: {url} not found")
 
 
-@perdure.step
+@agents.tool
 def save_note(text: str) -> str:
-    """A real side effect: append a note to the notes file."""
-    _ledger("save_note")
+    """Save a research note for the user (a real side effect: a line in the notes file).
+
+    Args:
+        text: the note.
+    """
+    _ledger("tool.save_note")
     with open(_paths["notes"], "a", encoding="utf-8") as f:
         f.write(text + "\n")
     time.sleep(0.3)
     return "saved"
 
 
-TOOL_STEPS: dict[str, Callable[..., Any]] = {
-    "search_web": search_web,
-    "fetch_page": fetch_page,
-    "save_note": save_note,
-}
-
-
 @perdure.workflow(name="research_agent")
 def research_agent(question: str, max_turns: int = 8) -> str:
-    """Model call → tool calls → model call, until the model answers."""
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": "You are a careful research assistant."},
-        {"role": "user", "content": question},
-    ]
-    for _ in range(max_turns):
-        reply = call_model(messages)
-        if not reply["tool_calls"]:
-            return str(reply["content"])
-        messages.append(
-            {"role": "assistant", "content": reply["content"], "tool_calls": [
-                {"id": c["id"], "type": "function",
-                 "function": {"name": c["name"], "arguments": c["arguments"]}}
-                for c in reply["tool_calls"]
-            ]}
-        )  # fmt: skip
-        for call in reply["tool_calls"]:
-            tool = TOOL_STEPS.get(call["name"])
-            args = json.loads(call["arguments"] or "{}")
-            result = tool(**args) if tool else f"unknown tool {call['name']}"
-            messages.append({"role": "tool", "tool_call_id": call["id"], "content": str(result)})
-    return "The agent ran out of turns."
+    """Model call → tool calls → model call, until the model answers (perdure.agents.Agent)."""
+    agent = agents.Agent(
+        make_client(), model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"),
+        tools=[search_web, fetch_page, save_note],
+        instructions="You are a careful research assistant.", max_turns=max_turns,
+    )  # fmt: skip
+    return agent.run(question).text
 
 
 def main(argv: list[str] | None = None) -> int:
