@@ -408,6 +408,7 @@ class Engine(EngineOperations):
                 "DEAD_LETTER workflows can be resumed"
             )
         self._claim_and_launch(workflow_id)
+        self._wake.set()  # back in its queue, if it never left it: the dispatcher takes it
         return WorkflowHandle(self, workflow_id)
 
     def _signal_cancel(self, workflow_id: str) -> None:
@@ -421,8 +422,10 @@ class Engine(EngineOperations):
             try:
                 names = registered_names()
                 now = self.clock.time()
-                for row in self.store.claim_ready(self.worker.id, names, now, 500):
-                    self._resume(row)
+                room = min(500, self._max_threads - self._runner.running())
+                if room > 0:  # only what can start now (see recover)
+                    for row in self.store.claim_ready(self.worker.id, names, now, room):
+                        self._resume(row)
                 self._dispatch(names)
                 due = self.store.next_wake(names)
             except EngineClosedError:
@@ -488,7 +491,7 @@ class Engine(EngineOperations):
         """Give back workflows the database says this engine holds but it does not run: a
         claim whose acknowledgement was lost with the connection (the claim committed, the
         engine never learned it). Left alone, they would wait for this worker to die."""
-        cutoff = time.time() - self._lease
+        cutoff = self.clock.time() - self._lease  # rows carry the database's time
         for row in self.store.owned(self.worker.id):
             lease = row.lease
             if (row.status is WorkflowStatus.RUNNING and row.updated_at < cutoff

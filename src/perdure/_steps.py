@@ -114,6 +114,8 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
         except Exception as exc:
             if isinstance(exc, _BodyFailed):
                 exc = exc.error
+            elif spec.transactional:
+                raise  # not the body's failure (its result cannot be journaled, say)
             plan = _plan(ctx, key, spec, exc, earlier, started)
             if isinstance(plan, _GiveUp):
                 ctx.commit(plan.row)

@@ -246,7 +246,7 @@ def test_approval_resumes_and_rejection_goes_back_to_the_model(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     [pending] = engine.pending_approvals()
-    assert pending.name == "tool:wire#1"
+    assert pending.name == "tool:wire@1"  # named by the replay key of its request
     assert pending.details["arguments"] == {"amount": 0} and pending.details["tool"] == "wire"
     assert tool_runs == []  # nothing ran before the decision
     if decision == "approve":
@@ -426,3 +426,47 @@ def test_a_stream_reaches_the_caller_live_and_journals_the_whole_answer(
     assert force_replay(engine, "streamed") == out
     assert server.count(CHAT) == 2  # replayed from the journal
     assert seen_chunks == ["<call lookup>", out[1]]  # re-emitted whole, once per call
+
+
+@agents.tool(requires_approval=True)
+async def transfer(amount: int) -> str:
+    """Move money."""
+    tool_runs.append(f"transfer {amount}")
+    return f"moved {amount}"
+
+
+@perdure.workflow(name="agents_gathered")
+async def gathered(base_url: str) -> list[str]:
+    import asyncio
+
+    async def one(tag: str) -> str:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=OPENAI_KEY)
+        agent = agents.Agent(client, model="m", tools=[transfer])
+        return f"{tag}: {(await agent.run_async(f'{tag} TURNS=1')).text}"
+
+    return list(await asyncio.gather(one("a"), one("b")))
+
+
+def test_concurrent_agents_get_stable_distinct_approval_names(
+    engine: perdure.Engine, server: FakeLLM
+) -> None:
+    """Two agents in tasks ask for approval; the names follow the task (t0/, t1/), not the
+    order the requests arrive in, so a replay finds each decision again. (A suspended
+    workflow waits on one thing at a time: the requests come one after the other.)"""
+    handle = engine.start(gathered, server.openai_url, id="gathered")
+    seen: list[str] = []
+    deadline = time.monotonic() + 20
+    while not handle.status().finished:
+        assert time.monotonic() < deadline
+        for pending in engine.pending_approvals():
+            seen.append(pending.name)
+            if pending.name.endswith("t1/1"):  # task b's
+                engine.approve(handle.id, pending.name)
+            else:
+                engine.reject(handle.id, pending.name, comment="not a")
+        time.sleep(0.02)
+    assert sorted(seen) == ["tool:transfer@t0/1", "tool:transfer@t1/1"]
+    out = handle.result(timeout=5)
+    assert out[0].startswith("a: done after 1 tool results: A human rejected this call: not a")
+    assert out[1] == "b: done after 1 tool results: moved 0"
+    assert force_replay(engine, "gathered") == out

@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -136,11 +135,15 @@ class Tool(Generic[P, R]):
         return bool(policy(**arguments) if callable(policy) else policy)
 
     def _approval_name(self) -> str:
+        """``tool:<name>@<key>``: named by the replay key the approval's request is about to
+        take, unique in the run and the same on replay whatever order concurrent branches
+        (agents gathered in tasks) reach their gates in."""
+        from .._context import _branch
+
         ctx = current()
         assert ctx is not None
-        counters = _approval_counts.setdefault(ctx, {})
-        counters[self.name] = n = counters.get(self.name, 0) + 1
-        return f"tool:{self.name}#{n}"
+        branch = _branch.get() or ctx.root
+        return f"tool:{self.name}@{branch.prefix}{branch.seq}"
 
     def _gate(self, arguments: dict[str, Any]) -> None:
         if current() is None or not self._needs_approval(arguments):
@@ -159,10 +162,6 @@ class Tool(Generic[P, R]):
 
     def _proposal(self, arguments: dict[str, Any]) -> dict[str, Any]:
         return {"tool": self.name, "description": self.description, "arguments": arguments}
-
-
-#: per workflow run: how many approvals each tool asked for (names them deterministically)
-_approval_counts: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 def current_step() -> bool:

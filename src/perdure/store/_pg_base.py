@@ -298,10 +298,10 @@ class PgBase:
                     while not self._closed:
                         for _ in conn.notifies(timeout=1.0):
                             wake()
-            except psycopg.Error as exc:
+            except Exception as exc:  # the listener must outlive any one failure
                 if self._closed:
                     return
-                log.debug("perdure: LISTEN connection lost (%s); reconnecting", exc)
+                log.warning("perdure: LISTEN connection lost (%s); reconnecting", exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

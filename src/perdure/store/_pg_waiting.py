@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection
 from typing import Any
 
@@ -68,14 +69,29 @@ class PgWaiting(PgBase):
     def send_message(
         self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
     ) -> bool:
-        """Queue a message; False if its idempotency key was used before."""
+        """Queue a message; False if its idempotency key was used before.
+
+        A send without a key gets one of its own (``perdure:<uuid>``), so that a retry after
+        a lost acknowledgement finds the message it sent instead of sending it twice.
+        """
+        key = idempotency_key if idempotency_key is not None else f"perdure:{uuid.uuid4()}"
+
+        def settled(conn: Conn) -> Any:
+            found = conn.execute(
+                "SELECT 1 FROM messages WHERE workflow_id = %s AND topic = %s "
+                "AND idempotency_key = %s",
+                (workflow_id, topic, key),
+            ).fetchone()
+            return 1 if found is not None else _UNSETTLED
+
         # one statement: the insert, and a notification only if it inserted
         return (
             self._rowcount(
                 "WITH sent AS (INSERT INTO messages (workflow_id, topic, payload, "
                 f"idempotency_key, sent_at) VALUES (%s, %s, %s, %s, {_NOW}) ON CONFLICT DO "
                 "NOTHING RETURNING 1) SELECT pg_notify(%s, '') FROM sent",
-                (workflow_id, topic, payload, idempotency_key, self.channel),
+                (workflow_id, topic, payload, key, self.channel),
+                settled,
             )
             == 1
         )
@@ -170,7 +186,15 @@ class PgWaiting(PgBase):
                 self._notify(conn)
                 return True
 
-        return self._run(decide)
+        def settled(conn: Conn) -> Any:  # this very decision, acknowledged too late
+            found = conn.execute(
+                "SELECT 1 FROM approvals WHERE workflow_id = %s AND name = %s AND status = %s "
+                "AND decided_by IS NOT DISTINCT FROM %s AND comment IS NOT DISTINCT FROM %s",
+                (workflow_id, name, status, by, comment),
+            ).fetchone()
+            return True if found is not None else _UNSETTLED
+
+        return self._run(decide, settled)
 
     def close_approval(self, workflow_id: str, name: str, status: str) -> ApprovalRow | None:
         """Mark a pending approval as ended without a decision; return the row as it is

@@ -203,9 +203,24 @@ class PostgresStore(PgWaiting):
                 f"error = NULL, stalls = 0, cancel_requested = 0, updated_at = {_NOW} "
                 "WHERE id = %s AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
                 (workflow_id,),
+                self._was_reset(workflow_id),
             )
             == 1
         )
+
+    @staticmethod
+    def _was_reset(workflow_id: str) -> Callable[[Conn], Any]:
+        """``settled`` for a reset: the workflow is runnable, unowned, with no outcome."""
+
+        def settled(conn: Conn) -> Any:
+            found = conn.execute(
+                "SELECT 1 FROM workflows WHERE id = %s AND status IN ('PENDING', 'ENQUEUED') "
+                "AND owner IS NULL AND output IS NULL AND error IS NULL",
+                (workflow_id,),
+            ).fetchone()
+            return 1 if found is not None else _UNSETTLED
+
+        return settled
 
     def release_workflow(self, workflow_id: str, lease: Lease, stalled: bool = False) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current."""
