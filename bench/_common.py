@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 
@@ -24,6 +25,23 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def filesystem(path: Path | str) -> str:
+    """The device and filesystem type holding ``path`` (Linux: from /proc/mounts)."""
+    best = ("", "unknown", "unknown")
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                device, mount_point, fs_type = line.split()[:3]
+                inside = str(path) == mount_point or str(path).startswith(
+                    mount_point.rstrip("/") + "/"
+                )
+                if inside and len(mount_point) >= len(best[0]):
+                    best = (mount_point, device, fs_type)
+    except OSError:
+        pass
+    return f"{best[1]} ({best[2]}, mounted on {best[0] or '?'})"
 
 
 def emit(payload: dict[str, Any]) -> None:

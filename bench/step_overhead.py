@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 import perdure
-from _common import cpu_model
+from _common import cpu_model, filesystem
 
 REPO = Path(__file__).resolve().parent.parent
 WALL_TARGET = 1.3
@@ -334,23 +334,6 @@ def report(found: list[Variant], steps: int, repeat: int) -> None:
 
 
 # -- the machine -----------------------------------------------------------------------------
-
-
-def filesystem(path: Path) -> str:
-    """The device and filesystem type holding ``path`` (Linux: from /proc/mounts)."""
-    best = ("", "unknown", "unknown")
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                device, mount_point, fs_type = line.split()[:3]
-                inside = str(path) == mount_point or str(path).startswith(
-                    mount_point.rstrip("/") + "/"
-                )
-                if inside and len(mount_point) >= len(best[0]):
-                    best = (mount_point, device, fs_type)
-    except OSError:
-        pass
-    return f"{best[1]} ({best[2]}, mounted on {best[0] or '?'})"
 
 
 def describe(workdir: Path) -> None:

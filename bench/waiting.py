@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import perdure
-from _common import cpu_model
+from _common import cpu_model, filesystem
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY_TARGET = 5 * 1024  # bytes per waiting workflow
@@ -439,23 +439,6 @@ def report(res: Results, threads: Threads) -> None:
 
 # -- the machine (as in step_overhead.py, which this script does not import: importing it
 # would register its workflows in this process) ---------------------------------------------
-
-
-def filesystem(path: Path) -> str:
-    """The device and filesystem type holding ``path`` (Linux: from /proc/mounts)."""
-    best = ("", "unknown", "unknown")
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                device, mount_point, fs_type = line.split()[:3]
-                inside = str(path) == mount_point or str(path).startswith(
-                    mount_point.rstrip("/") + "/"
-                )
-                if inside and len(mount_point) >= len(best[0]):
-                    best = (mount_point, device, fs_type)
-    except OSError:
-        pass
-    return f"{best[1]} ({best[2]}, mounted on {best[0] or '?'})"
 
 
 def describe(workdir: Path, args: argparse.Namespace) -> None:

@@ -156,8 +156,6 @@ def _run_transaction(
         try:
             value = spec.fn(*args, **kwargs)
         except Exception as exc:
-            if getattr(connection, "broken", False):
-                raise  # perdure's own connection died under the body: the store retries it
             raise _BodyFailed(exc) from exc
         finally:
             _connection.reset(token)

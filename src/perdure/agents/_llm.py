@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._context import current
@@ -92,30 +93,41 @@ def durable(client: C, *, retry: RetryPolicy | None = None, redact: Redact | Non
         ConfigurationError: not one of those clients.
     """
     provider = provider_of(client)
-    return _Durable(client, provider, (), retry, redact)  # type: ignore[return-value]
+    # perdure retries (journaled, classified): the SDK's own retries are off in the steps
+    bare = client.with_options(max_retries=0)  # type: ignore[attr-defined]
+    options = _Options(client, bare, provider, retry, redact)
+    return _Durable(options, ())  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Options:
+    """A wrapped client: the client itself, its copy without SDK retries, and perdure's
+    options for its journaled calls."""
+
+    client: Any
+    bare: Any
+    provider: str
+    retry: RetryPolicy | None
+    redact: Redact | None
 
 
 class _Durable:
     """An attribute path of a wrapped client; a journaled call at the end of a known path."""
 
-    def __init__(
-        self,
-        client: Any,
-        provider: str,
-        path: tuple[str, ...],
-        retry: RetryPolicy | None,
-        redact: Redact | None = None,
-    ) -> None:
-        self._client, self._provider, self._path, self._retry = client, provider, path, retry
-        self._redact = redact
+    def __init__(self, options: _Options, path: tuple[str, ...]) -> None:
+        self._options, self._path = options, path
+
+    @property
+    def _client(self) -> Any:
+        return self._options.client
 
     def __getattr__(self, name: str) -> Any:
-        path = (*self._path, name)
-        known = _CALLS.get((self._provider, path))
+        path, provider = (*self._path, name), self._options.provider
+        known = _CALLS.get((provider, path))
         if known is not None:
-            return _journaled_call(self._client, path, known, self._retry, self._redact)
-        if any(key[0] == self._provider and key[1][: len(path)] == path for key in _CALLS):
-            return _Durable(self._client, self._provider, path, self._retry, self._redact)
+            return _journaled_call(self._options, path, known)
+        if any(key[0] == provider and key[1][: len(path)] == path for key in _CALLS):
+            return _Durable(self._options, path)
         return _resolve(self._client, path)  # anything else is the client's own, unjournaled
 
     def __repr__(self) -> str:
@@ -145,21 +157,17 @@ def _rebuild(cls: Any, data: Any) -> Any:
 
 
 def _journaled_call(
-    client: Any,
-    path: tuple[str, ...],
-    known: tuple[str, str],
-    retry: RetryPolicy | None,
-    redact: Redact | None,
+    options: _Options, path: tuple[str, ...], known: tuple[str, str]
 ) -> Callable[..., Any]:
     step_name, type_path = known
     module, _, cls = type_path.partition(":")
     hint = getattr(importlib.import_module(module), cls)
-    is_async = type(client).__name__.startswith("Async")
+    is_async = type(options.client).__name__.startswith("Async")
+    retry, redact = options.retry, options.redact
+    target = _resolve(options.bare, path)
 
     def create(**kwargs: Any) -> Any:
         on_chunk = kwargs.pop("on_chunk", None)
-        # perdure retries (journaled, classified): the SDK's own retries are off
-        target = _resolve(client.with_options(max_retries=0), path)
         if kwargs.get("stream"):
             if on_chunk is None and current() is None:
                 return target(**kwargs)  # outside a workflow: the SDK's own stream

@@ -17,7 +17,7 @@ The database is ``--db``, else the ``PERDURE_DB`` environment variable, else
 ``approve`` and ``reject`` go through :mod:`perdure._signals`. None of them starts an Engine,
 so they never join as a worker or resume anyone's workflows: ``send``/``approve``/``reject``
 record the message or decision, and the workflow resumes in a worker process whose Engine has
-it registered (within that engine's poll interval, 0.1 s by default).
+it registered (at once on PostgreSQL, within 0.1 s on SQLite).
 
 ``show`` prints the workflow, its journal (a step per row, each failed attempt of a retried
 step on a line under it) and the steps waiting for their next attempt (``Retrying``; ``Not
@@ -662,7 +662,7 @@ def send_command(
     and kept until the workflow receives them.
 
     This only records the message: a worker process whose Engine has the workflow registered
-    delivers it, within its poll interval (0.1 s by default), or once one starts.
+    delivers it (at once on PostgreSQL, within 0.1 s on SQLite), or once one starts.
     """
     value = _parse_json(payload)
     with _opened(db) as store, _reporting_errors():
@@ -735,8 +735,8 @@ def approve_command(
     """Approve the pending approval NAME of workflow ID (its perdure.wait_for_approval(NAME)).
 
     This only records the decision: the workflow resumes in a worker process whose Engine has
-    it registered, within its poll interval (0.1 s by default), or once one starts. Exits 1
-    when nothing of that name is pending (see `perdure approvals`).
+    it registered (at once on PostgreSQL, within 0.1 s on SQLite), or once one starts. Exits
+    1 when nothing of that name is pending (see `perdure approvals`).
     """
     _decide(workflow_id, name, True, by, comment, db)
 
@@ -749,8 +749,8 @@ def reject_command(
     """Reject the pending approval NAME of workflow ID (its perdure.wait_for_approval(NAME)).
 
     This only records the decision: the workflow resumes in a worker process whose Engine has
-    it registered, within its poll interval (0.1 s by default), or once one starts. Exits 1
-    when nothing of that name is pending (see `perdure approvals`).
+    it registered (at once on PostgreSQL, within 0.1 s on SQLite), or once one starts. Exits
+    1 when nothing of that name is pending (see `perdure approvals`).
     """
     _decide(workflow_id, name, False, by, comment, db)
 

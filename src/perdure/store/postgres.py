@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import psycopg
+
 from .._errors import StoreError
 from ._pg_base import (
     _NOW,
@@ -276,7 +278,12 @@ class PostgresStore(PgWaiting):
                 ).fetchone()
                 if found is not None:
                     return step_row(found)
-                row = body(conn)  # its exceptions roll back and propagate as they are
+                try:
+                    row = body(conn)  # its exceptions roll back and propagate as they are
+                except Exception as exc:
+                    if conn.broken:  # our own connection died under the body: not its fault
+                        raise psycopg.OperationalError(f"connection lost: {exc}") from exc
+                    raise
                 conn.execute(
                     f"INSERT INTO steps ({STEP_COLUMNS}) VALUES "
                     "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
