@@ -134,6 +134,7 @@ class WorkflowContext:
         self._stopping = stopping
         self._io = io
         self._position = max((row.position for row in journal), default=-1) + 1
+        self._positions: dict[str, int] = {}  # key -> the position its entry was given
         self._broken: NonDeterminismError | None = None
         self._late: DeadlineExceededError | None = None
 
@@ -285,8 +286,12 @@ class WorkflowContext:
         started: float,
         attempts: int,
     ) -> StepRow:
-        position = self._position
-        self._position += 1
+        # A row built again for the same key (a transaction body retried by the store after
+        # a lost connection) keeps its position: journal positions stay gap-free.
+        position = self._positions.get(key)
+        if position is None:
+            position = self._positions[key] = self._position
+            self._position += 1
         finished = self.clock.time()
         return StepRow(
             self.workflow_id, position, key, name, status, out, err, started, finished, attempts

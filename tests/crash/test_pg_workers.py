@@ -312,9 +312,12 @@ def check_results(pg_url: str, ids: list[str]) -> None:
 def check_journals(pg_url: str, ids: list[str]) -> dict[tuple[str, int], tuple[str, str, Any]]:
     steps = journal(pg_url)
     assert len(steps) == len(ids) * STEPS
-    for wf in ids:
-        for pos in range(STEPS):
-            assert steps[wf, pos][:2] == (str(pos), "book" if pos in BOOK_POSITIONS else "note")
+    expected = [
+        (pos, str(pos), "book" if pos in BOOK_POSITIONS else "note") for pos in range(STEPS)
+    ]
+    for wf in ids:  # positions gap-free and in call order, each under its own replay key
+        found = sorted((pos, key, name) for (w, pos), (key, name, _) in steps.items() if w == wf)
+        assert found == expected, wf
     return steps
 
 

@@ -203,6 +203,42 @@ def test_cut_connections_are_retried_and_never_journaled_as_failures(pg_url: str
         assert all(calls[f"slow-{i}"] == 1 for i in range(20))  # nothing re-ran
 
 
+@perdure.transaction(name="pg_cut_book")
+def pg_cut_book(i: int) -> int:
+    conn = perdure.connection()
+    calls[f"book-{i}"] += 1
+    conn.execute("SELECT 1")
+    if i == 1 and calls["book-1"] == 1:
+        # Cut this body's own connection after its work: the journal insert and the commit
+        # that follow fail, and the store runs the whole transaction again.
+        [(pid,)] = conn.execute("SELECT pg_backend_pid()").fetchall()
+        import psycopg
+
+        from conftest import POSTGRES_URL
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    return i
+
+
+@perdure.workflow(name="pg_cut_book_flow")
+def cut_book_flow(n: int) -> int:
+    return sum(pg_cut_book(i) for i in range(n))
+
+
+def test_a_transaction_body_cut_off_runs_again_and_keeps_its_journal_position(
+    pg_url: str,
+) -> None:
+    with perdure.Engine(pg_url, shutdown_grace=0.5) as engine:
+        assert engine.start(cut_book_flow, 4, id="cut-book").result(timeout=30) == 6
+        steps = engine.list_steps("cut-book")
+    assert calls["book-1"] == 2  # the cut body ran again, in a new transaction
+    assert [(s.position, s.key, s.attempts) for s in steps] == [
+        (p, str(p), 1)
+        for p in range(4)  # no gap where the first try built its entry
+    ]
+
+
 def test_a_failing_database_call_that_is_not_transient_is_not_retried(pg_url: str) -> None:
     from perdure.store.postgres import PostgresStore
 
