@@ -40,6 +40,8 @@ class AsyncEngine:
         recovery_interval: float = 2.0,
         shutdown_grace: float = 2.0,
         recover: bool = True,
+        max_entry_bytes: int = 32 * 1024 * 1024,
+        blob_threshold: int = 256 * 1024,
     ) -> None:
         self._options: dict[str, Any] = {
             "durability": durability,
@@ -49,6 +51,8 @@ class AsyncEngine:
             "recovery_interval": recovery_interval,
             "shutdown_grace": shutdown_grace,
             "recover": recover,
+            "max_entry_bytes": max_entry_bytes,
+            "blob_threshold": blob_threshold,
         }
         self.url = url
         self._engine: Engine | None = None

@@ -49,7 +49,7 @@ from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._runs import Run, Runner
 from ._serialize import UnserializableValue, dumps_error
 from ._workers import dead_workers, this_worker
-from .store import Lease, Store, WorkflowRow, WorkflowStatus, open_store
+from .store import DEFAULT_BLOB_THRESHOLD, Lease, Store, WorkflowRow, WorkflowStatus, open_store
 
 log = logging.getLogger("perdure")
 
@@ -92,6 +92,10 @@ class Engine(EngineOperations):
         max_entry_bytes: the largest journal entry (a step's result as JSON) accepted; a
             bigger result fails the step with ``SerializationError`` before anything is
             committed, instead of a journal that later cannot be loaded back into memory.
+        blob_threshold: a payload (a step's result, a workflow's inputs or result) whose
+            journal JSON is larger than this many bytes is stored once in the blob store
+            (files beside a SQLite database, a table on PostgreSQL) and the journal keeps a
+            reference to it; reads fetch it back. See docs/serialization.md.
     """
 
     def __init__(
@@ -111,12 +115,14 @@ class Engine(EngineOperations):
         suspend_after: float = 0.5,
         poll_interval: float | None = None,
         max_entry_bytes: int = 32 * 1024 * 1024,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if heartbeat_interval * 2 > lease_seconds:
             raise ConfigurationError("lease_seconds must be at least twice heartbeat_interval")
         self.url = url
         self._durability: Literal["full", "normal"] = durability
+        self._blob_threshold = blob_threshold
         self._lease = lease_seconds
         self._heartbeat_interval = heartbeat_interval
         self._recovery_interval = recovery_interval
@@ -159,7 +165,9 @@ class Engine(EngineOperations):
             return self
         if self._closing.is_set():
             raise EngineClosedError("this engine was closed; create a new Engine")
-        self._store = open_store(self.url, durability=self._durability)
+        self._store = open_store(
+            self.url, durability=self._durability, blob_threshold=self._blob_threshold
+        )
         try:
             notified = self._auto_recover and self._store.subscribe(self._wake.set)
             if self._poll_interval is None:

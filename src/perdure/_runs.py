@@ -23,11 +23,19 @@ from . import _context, _runner
 from ._clock import Clock
 from ._context import WorkflowContext
 from ._decorators import WorkflowSpec
-from ._errors import EngineClosedError, PerdureError, WorkflowInterrupted, WorkflowSuspended
+from ._errors import (
+    CorruptRecordError,
+    DeadLetteredError,
+    EngineClosedError,
+    PerdureError,
+    WorkflowInterrupted,
+    WorkflowSuspended,
+)
 from ._retry import RetryPolicy
+from ._serialize import dumps_error
 from ._threads import DaemonPool
 from ._usage import REPLAY_EVENT, note_replay
-from .store import Lease, Store, WorkflowRow
+from .store import Lease, Store, WorkflowRow, WorkflowStatus
 
 log = logging.getLogger("perdure")
 
@@ -256,6 +264,8 @@ class Runner:
             finished = self._suspend(row.id, lease, wait)
         except WorkflowInterrupted:
             pass
+        except CorruptRecordError as exc:
+            finished = self._unreadable(row.id, lease, exc)
         except BaseException:
             crashed = True
             self._log_crash(row.id)
@@ -284,6 +294,8 @@ class Runner:
             finished = True
         except (WorkflowInterrupted, asyncio.CancelledError):
             pass
+        except CorruptRecordError as exc:
+            finished = await loop.run_in_executor(self._io, self._unreadable, row.id, lease, exc)
         except BaseException:
             crashed = True
             self._log_crash(row.id)
@@ -316,6 +328,22 @@ class Runner:
             return False
         if self.on_suspend is not None:
             self.on_suspend()
+        return True
+
+    def _unreadable(self, workflow_id: str, lease: Lease, exc: CorruptRecordError) -> bool:
+        """A run whose journal cannot be read stops for good (DEAD_LETTER, with the reason),
+        instead of being retried into the poison-workflow limit: running it again cannot
+        help, and no step may run on the strength of a damaged journal. The journal is left
+        as it is; once it is repaired, ``engine.resume(id)`` runs the workflow again."""
+        error = DeadLetteredError(
+            f"workflow {workflow_id!r} cannot be resumed: its journal cannot be read ({exc}). "
+            "Nothing was run or changed; repair the data, then engine.resume(id)"
+        )
+        log.error("perdure: %s", error)
+        try:
+            self.finish(workflow_id, lease, (WorkflowStatus.DEAD_LETTER, None, dumps_error(error)))
+        except WorkflowInterrupted:
+            return False
         return True
 
     def _log_crash(self, workflow_id: str) -> None:

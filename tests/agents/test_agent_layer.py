@@ -283,8 +283,8 @@ def test_clear_errors_for_wrong_clients_and_missing_sdks(monkeypatch: pytest.Mon
     with pytest.raises(perdure.ConfigurationError, match=r"perdure\[anthropic\]"):
         require("anthropic")
     client = agents.durable(openai.OpenAI(base_url="http://127.0.0.1:9", api_key="k"))
-    with pytest.raises(perdure.ConfigurationError, match="chat completions only"):
-        client.responses.create(model="m", input="x", stream=True, on_chunk=print)
+    with pytest.raises(perdure.ConfigurationError, match="needs stream=True"):
+        client.responses.create(model="m", input="x", on_chunk=print)
 
 
 # -- lean journals -----------------------------------------------------------------------------
@@ -332,6 +332,8 @@ def test_perdure_show_reports_tokens_and_what_replay_saved(
     assert usage["model_calls"] == 4 == expected.calls
     assert usage["input_tokens"] == expected.input_tokens > 0
     assert usage["saved_by_replay"]["model_calls"] == 4
+    [(model, part)] = usage["by_model"].items()  # one model, as the responses name it
+    assert model in expected.by_model and part["input_tokens"] == expected.input_tokens
     text = subprocess.run(
         [sys.executable, "-m", "perdure.cli", "show", "--db", engine.url, "shown"],
         capture_output=True, text=True, check=True,

@@ -1,8 +1,9 @@
 """A local stand-in for three LLM APIs, good enough for the official SDK clients, unchanged.
 
-It serves OpenAI chat completions (``POST /v1/chat/completions``, with ``stream=True``), the
-OpenAI Responses API (``POST /v1/responses``) and Anthropic messages (``POST /v1/messages``,
-with ``stream=True``) on 127.0.0.1, in a daemon thread: ``with FakeLLM() as server``. Point
+It serves OpenAI chat completions (``POST /v1/chat/completions``), the OpenAI Responses API
+(``POST /v1/responses``) and Anthropic messages (``POST /v1/messages``), each also with
+``stream=True`` (server-sent events as each API sends them), on 127.0.0.1, in a daemon
+thread: ``with FakeLLM() as server``. Point
 ``openai.OpenAI(base_url=server.openai_url)`` (ends in ``/v1``) or
 ``anthropic.Anthropic(base_url=server.anthropic_url)`` (no ``/v1``) at it.
 
@@ -18,7 +19,9 @@ Token counts: prompt = characters of all message text (and system / instructions
 completion = characters of the answer text (or of the tool call's JSON arguments) // 4 + 1.
 
 It records every API request (``requests``, ``headers``, ``count()``, ``GET /_stats``) and
-injects faults (``fail_next()``, ``POST /_fail``) in each provider's own error format.
+injects faults (``fail_next()``, ``POST /_fail``) in each provider's own error format;
+``fail_stream()`` makes the next streamed answer break off mid-way the way each API reports
+it (``response.failed`` for the Responses API, an ``error`` event for Anthropic).
 Run as ``python fake_llm.py --port 0 --turns N`` it prints ``ready <port>`` and serves until
 killed, for tests where the server must outlive a worker process.
 """
@@ -203,14 +206,17 @@ def chat_chunks(n: int, body: dict[str, Any], r: Reply) -> Iterator[dict[str, An
         yield {**base, "choices": [], "usage": _chat_usage(r)}
 
 
-def response(n: int, body: dict[str, Any], r: Reply) -> dict[str, Any]:
+def _output_item(n: int, r: Reply) -> dict[str, Any]:
     if r.tool is None:
         content: list[Any] = [{"type": "output_text", "text": r.text, "annotations": []}]
-        item: dict[str, Any] = {"type": "message", "id": f"msg_{n}", "status": "completed",
-                                "role": "assistant", "content": content}  # fmt: skip
-    else:
-        item = {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{r.k}",
-                "name": r.tool, "arguments": r.arguments, "status": "completed"}  # fmt: skip
+        return {"type": "message", "id": f"msg_{n}", "status": "completed",
+                "role": "assistant", "content": content}  # fmt: skip
+    return {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{r.k}",
+            "name": r.tool, "arguments": r.arguments, "status": "completed"}  # fmt: skip
+
+
+def response(n: int, body: dict[str, Any], r: Reply) -> dict[str, Any]:
+    item = _output_item(n, r)
     usage = {"input_tokens": r.prompt_tokens, "output_tokens": r.completion_tokens,
              "total_tokens": r.prompt_tokens + r.completion_tokens,
              "input_tokens_details": {"cached_tokens": 0},
@@ -221,6 +227,53 @@ def response(n: int, body: dict[str, Any], r: Reply) -> dict[str, Any]:
             "metadata": {}, "parallel_tool_calls": True, "tool_choice": "auto",
             "tools": body.get("tools") or [], "temperature": None, "top_p": None,
             "usage": usage}  # fmt: skip
+
+
+def response_events(
+    n: int, body: dict[str, Any], r: Reply, failure: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The Responses API's stream: created, in_progress, the output item (added, its text or
+    arguments in deltas, done), then completed with the whole response and its usage; with a
+    ``failure`` code, ``response.failed`` after the first deltas."""
+    whole = response(n, body, r)
+    item = whole["output"][0]
+    pending = {**whole, "status": "in_progress", "output": [], "usage": None}
+    at = {"output_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": pending},
+        {"type": "response.in_progress", "response": pending},
+    ]
+    if r.tool is None:
+        empty = {"type": "output_text", "text": "", "annotations": []}
+        part = {**at, "item_id": item["id"], "content_index": 0}
+        events += [
+            {"type": "response.output_item.added", **at,
+             "item": {**item, "status": "in_progress", "content": []}},
+            {"type": "response.content_part.added", **part, "part": empty},
+            *({"type": "response.output_text.delta", **part, "delta": piece, "logprobs": []}
+              for piece in _pieces(r.text or "")),
+            {"type": "response.output_text.done", **part, "text": r.text, "logprobs": []},
+            {"type": "response.content_part.done", **part, "part": item["content"][0]},
+        ]  # fmt: skip
+    else:
+        call = {**at, "item_id": item["id"]}
+        events += [
+            {"type": "response.output_item.added", **at,
+             "item": {**item, "status": "in_progress", "arguments": ""}},
+            *({"type": "response.function_call_arguments.delta", **call, "delta": piece}
+              for piece in _pieces(r.arguments)),
+            {"type": "response.function_call_arguments.done", **call, "name": r.tool,
+             "arguments": r.arguments},
+        ]  # fmt: skip
+    events.append({"type": "response.output_item.done", **at, "item": item})
+    if failure is not None:
+        error = {"code": failure, "message": f"injected stream failure {failure}"}
+        failed = {**pending, "status": "failed", "error": error}
+        events = [*events[:5], {"type": "response.failed", "response": failed}]
+    else:
+        events.append({"type": "response.completed", "response": whole})
+    for number, event in enumerate(events):
+        yield {**event, "sequence_number": number}
 
 
 def _block(r: Reply) -> dict[str, Any]:
@@ -237,10 +290,16 @@ def message(n: int, body: dict[str, Any], r: Reply) -> dict[str, Any]:
                       "output_tokens": r.completion_tokens}}  # fmt: skip
 
 
-def message_events(n: int, body: dict[str, Any], r: Reply) -> Iterator[dict[str, Any]]:
+def message_events(
+    n: int, body: dict[str, Any], r: Reply, failure: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Anthropic's stream: message_start (usage so far), a ping, the block (start, its text or
+    its input's JSON in deltas, stop), message_delta (stop reason, output tokens), message_stop;
+    with a ``failure`` error type, an ``error`` event after the first delta."""
     start = {**message(n, body, r), "content": [], "stop_reason": None}
     start["usage"] = {"input_tokens": r.prompt_tokens, "output_tokens": 1}
     yield {"type": "message_start", "message": start}
+    yield {"type": "ping"}
     block = _block(r)
     empty = {**block, "text": ""} if r.tool is None else {**block, "input": {}}
     yield {"type": "content_block_start", "index": 0, "content_block": empty}
@@ -248,6 +307,10 @@ def message_events(n: int, body: dict[str, Any], r: Reply) -> Iterator[dict[str,
         delta = ({"type": "text_delta", "text": piece} if r.tool is None
                  else {"type": "input_json_delta", "partial_json": piece})  # fmt: skip
         yield {"type": "content_block_delta", "index": 0, "delta": delta}
+        if failure is not None:
+            text = f"injected stream failure {failure}"
+            yield {"type": "error", "error": {"type": failure, "message": text}}
+            return
     yield {"type": "content_block_stop", "index": 0}
     stop = "end_turn" if r.tool is None else "tool_use"
     yield {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
@@ -278,6 +341,13 @@ class Fault:
     path: str | None
 
 
+@dataclass
+class StreamFault:
+    code: str
+    times: int
+    path: str | None
+
+
 class FakeLLM:
     """Serve on 127.0.0.1 (``port``, 0 picks a free one) in a daemon thread; use as a context
     manager. ``requests`` holds ``(path, body)`` and ``headers`` the lowercased headers of each
@@ -289,6 +359,7 @@ class FakeLLM:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []
         self._faults: list[Fault] = []
+        self._stream_faults: list[StreamFault] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -341,12 +412,32 @@ class FakeLLM:
         with self._lock:
             self._faults.append(Fault(status, times, retry_after, path))
 
+    def fail_stream(self, code: str, times: int = 1, path: str | None = None) -> None:
+        """Break off the next ``times`` streamed Responses API or Anthropic answers (to
+        ``path``, or either) after their first deltas: ``response.failed`` with the error code
+        ``code`` (``"server_error"``, ``"invalid_prompt"``...), or an Anthropic ``error`` event
+        of type ``code`` (``"overloaded_error"``, ``"invalid_request_error"``...)."""
+        with self._lock:
+            self._stream_faults.append(StreamFault(code, times, path))
+
     def reset(self) -> None:
         """Forget recorded requests and pending faults."""
         with self._lock:
             self.requests.clear()
             self.headers.clear()
             self._faults.clear()
+            self._stream_faults.clear()
+
+    def _stream_failure(self, path: str) -> str | None:
+        """The failure code the next stream to ``path`` ends with, if one is pending."""
+        with self._lock:
+            fault = next((f for f in self._stream_faults if f.path in (None, path)), None)
+            if fault is None:
+                return None
+            fault.times -= 1
+            if fault.times <= 0:
+                self._stream_faults.remove(fault)
+            return fault.code
 
     def _admit(self, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Fault | None]:
         with self._lock:
@@ -421,10 +512,10 @@ class FakeLLM:
                 reply = decide(path, body, fake.turns)
                 if path == CHAT and body.get("stream"):
                     self.send_events(chat_chunks(n, body, reply), named=False)
-                elif path == MESSAGES and body.get("stream"):
-                    self.send_events(message_events(n, body, reply), named=True)
-                elif path == RESPONSES and body.get("stream"):
-                    self.send_json(400, error_body(path, 400, "streaming is not faked here"))
+                elif body.get("stream"):
+                    events = message_events if path == MESSAGES else response_events
+                    failure = fake._stream_failure(path)
+                    self.send_events(events(n, body, reply, failure), named=True)
                 else:
                     build = {CHAT: chat_completion, RESPONSES: response, MESSAGES: message}
                     self.send_json(200, build[path](n, body, reply), **rid)

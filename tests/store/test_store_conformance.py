@@ -379,6 +379,8 @@ def test_sqlite_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
         (2, "0002_failures.sql"),
         (3, "0003_waiting.sql"),
         (4, "0004_queues.sql"),
+        (5, "0005_blobs.sql"),
+        (6, "0006_rate_limits.sql"),
     ]
     assert mode == "wal"
 
@@ -456,6 +458,8 @@ def test_postgres_migrations_are_recorded_once_even_when_racing(pg_url: str) -> 
         (2, "0002_failures.sql"),
         (3, "0003_waiting.sql"),
         (4, "0004_queues.sql"),
+        (5, "0005_blobs.sql"),
+        (6, "0006_rate_limits.sql"),
     ]
 
 

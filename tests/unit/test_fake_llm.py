@@ -342,6 +342,54 @@ def test_anthropic_stream_accumulates_text_and_tool_use(server: FakeLLM) -> None
     assert final.content[0].type == "tool_use" and final.content[0].input == {"page": 0}
 
 
+def test_openai_responses_stream_text_and_a_function_call(server: FakeLLM) -> None:
+    with oa(server) as client:
+        events = list(client.responses.create(model="m", input="a streamed hi", stream=True))
+        with client.responses.stream(model="m", input=X, tools=RESPONSE_TOOLS) as stream:
+            deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
+            final = stream.get_final_response()
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.type for e in events[:4]] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.content_part.added",
+    ]  # fmt: skip
+    assert [e.type for e in events[-4:]] == [
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed",
+    ]  # fmt: skip
+    text = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(text) > 1 and "".join(text) == "hello: a streamed hi"
+    done = events[-1].response
+    assert done.output_text == "hello: a streamed hi" and done.usage is not None
+    assert done.usage.output_tokens == tokens(len("hello: a streamed hi"))
+    # the SDK's own stream helper assembles the function call from the argument deltas
+    assert len(deltas) > 1 and json.loads("".join(deltas)) == {"query": "q-0"}
+    call = final.output[0]
+    assert call.type == "function_call" and (call.name, call.call_id) == ("search", "call_0")
+    assert final.usage is not None and final.usage.output_tokens == tokens(len(call.arguments))
+
+
+def test_fail_stream_breaks_off_a_responses_and_an_anthropic_stream(server: FakeLLM) -> None:
+    server.fail_stream("server_error", path=RESPONSES)
+    server.fail_stream("overloaded_error")
+    with oa(server) as oclient, an(server) as aclient:
+        events = list(oclient.responses.create(model="m", input="hi", stream=True))
+        assert events[-1].type == "response.failed"
+        assert events[-1].response.error is not None
+        assert events[-1].response.error.code == "server_error"
+        assert not any(e.type == "response.completed" for e in events)
+        seen: list[str] = []
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            for event in aclient.messages.create(model="c", max_tokens=5, messages=X, stream=True):
+                seen.append(event.type)
+        assert seen[-1] == "content_block_delta" and "message_stop" not in seen
+        error = {"type": "overloaded_error", "message": "injected stream failure overloaded_error"}
+        assert caught.value.body == {"type": "error", "error": error}
+        again = list(oclient.responses.create(model="m", input="hi", stream=True))
+        assert again[-1].type == "response.completed"  # one failure each, then whole streams
+    assert server.count() == 3
+
+
 def test_fail_next_raises_the_openai_errors_with_retry_after(server: FakeLLM) -> None:
     server.fail_next(429, times=2, retry_after=7)
     server.fail_next(500, path=CHAT)

@@ -16,12 +16,15 @@ same thing. Only the response is journaled: the request (the whole conversation,
 headers) never is, so a conversation's journal grows with what the model said, not with the
 history resent at every turn. Retries are perdure's, journaled and classified (429 with
 Retry-After, 5xx, connection errors): the SDK's own retries are switched off inside the step.
+
+``stream=True, on_chunk=fn`` streams the events to ``fn`` live and journals the assembled
+response (:mod:`._stream`); ``rate_limit=`` takes room from a window shared through the
+database before each attempt is sent (:mod:`._rate`).
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,7 +34,8 @@ from .._decorators import StepSpec
 from .._errors import ConfigurationError
 from .._retry import RetryPolicy
 from .._steps import call_step_async, call_step_sync
-from ._stream import consume, consume_async, replayed_chunk
+from ._rate import RateLimits, checked, limited_async, limited_sync
+from ._stream import consume, consume_async, replay, replay_async, streaming
 
 C = TypeVar("C")
 
@@ -75,7 +79,13 @@ def require(provider: str) -> Any:
 Redact = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def durable(client: C, *, retry: RetryPolicy | None = None, redact: Redact | None = None) -> C:
+def durable(
+    client: C,
+    *,
+    retry: RetryPolicy | None = None,
+    redact: Redact | None = None,
+    rate_limit: RateLimits | None = None,
+) -> C:
     """Wrap an official SDK client so that its model calls are durable steps.
 
     Args:
@@ -85,17 +95,21 @@ def durable(client: C, *, retry: RetryPolicy | None = None, redact: Redact | Non
         redact: called with each response as JSON data before it is journaled; returns what
             to journal instead (drop or mask fields). The call then returns the redacted
             response on the first run too, so a replay sees exactly what the run saw.
+        rate_limit: a ``RateLimit`` for every model of the client, or a dict of them by model
+            name (``"*"``: the other models), shared by every workflow and worker of the
+            database under the key ``"<provider>:<model>"`` (see docs/agents.md).
 
     Returns:
         A stand-in for the client, typed as the client.
 
     Raises:
-        ConfigurationError: not one of those clients.
+        ConfigurationError: not one of those clients, or ``rate_limit`` is not a
+            ``RateLimit`` or a dict of them.
     """
     provider = provider_of(client)
     # perdure retries (journaled, classified): the SDK's own retries are off in the steps
     bare = client.with_options(max_retries=0)  # type: ignore[attr-defined]
-    options = _Options(client, bare, provider, retry, redact)
+    options = _Options(client, bare, provider, retry, redact, checked(rate_limit))
     return _Durable(options, ())  # type: ignore[return-value]
 
 
@@ -109,6 +123,7 @@ class _Options:
     provider: str
     retry: RetryPolicy | None
     redact: Redact | None
+    rate_limit: RateLimits | None = None
 
 
 class _Durable:
@@ -168,34 +183,37 @@ def _journaled_call(
 
     def create(**kwargs: Any) -> Any:
         on_chunk = kwargs.pop("on_chunk", None)
+        kind = streaming(step_name)
         if kwargs.get("stream"):
             if on_chunk is None and current() is None:
                 return target(**kwargs)  # outside a workflow: the SDK's own stream
-            if on_chunk is None or step_name != "openai.chat.completions.create":
+            if on_chunk is None:
                 raise ConfigurationError(
-                    f"{step_name}(stream=True) in a workflow is journaled for OpenAI chat "
-                    "completions only, with on_chunk=<callable> to receive the chunks; "
-                    "otherwise call it without stream (the response is journaled whole)"
+                    f"{step_name}(stream=True) in a workflow needs on_chunk=<callable>, called "
+                    "with each stream event as it arrives (the assembled response is "
+                    "journaled); or call it without stream (the response is journaled whole)"
                 )
-            kwargs.setdefault("stream_options", {"include_usage": True})
+            kwargs = {**kind.defaults, **kwargs}
+        elif on_chunk is not None:
+            raise ConfigurationError(f"{step_name}(on_chunk=...) needs stream=True")
         ran: list[bool] = []
         if is_async:
 
             async def fetch() -> Any:
                 ran.append(True)
                 if on_chunk is not None:
-                    return _redacted(await consume_async(await target(**kwargs), on_chunk), redact)
+                    events = await target(**kwargs)
+                    return _redacted(await consume_async(kind, events, on_chunk), redact)
                 return _payload(await target(**kwargs), redact)
 
-            spec = StepSpec(step_name, fetch, _resolved=True, retry=retry)
+            sent = limited_async(fetch, options.rate_limit, options.provider, kwargs)
+            spec = StepSpec(step_name, sent, _resolved=True, retry=retry)
             recorded = call_step_async(spec, (), {})  # takes its journal key now
 
             async def rebuilt() -> Any:
                 response = _rebuild(hint, await recorded)
                 if on_chunk is not None and not ran:  # replayed: re-emit the whole answer
-                    outcome = on_chunk(replayed_chunk(response))
-                    if inspect.isawaitable(outcome):
-                        await outcome
+                    await replay_async(kind, response, on_chunk)
                 return response
 
             return rebuilt()
@@ -203,13 +221,14 @@ def _journaled_call(
         def fetch_sync() -> Any:
             ran.append(True)
             if on_chunk is not None:
-                return _redacted(consume(target(**kwargs), on_chunk), redact)
+                return _redacted(consume(kind, target(**kwargs), on_chunk), redact)
             return _payload(target(**kwargs), redact)
 
-        spec = StepSpec(step_name, fetch_sync, _resolved=True, retry=retry)
+        sent_sync = limited_sync(fetch_sync, options.rate_limit, options.provider, kwargs)
+        spec = StepSpec(step_name, sent_sync, _resolved=True, retry=retry)
         response = _rebuild(hint, call_step_sync(spec, (), {}))
         if on_chunk is not None and not ran:
-            on_chunk(replayed_chunk(response))
+            replay(kind, response, on_chunk)
         return response
 
     create.__name__ = path[-1]

@@ -37,17 +37,11 @@ Errors go to stderr as one line starting with ``perdure:``. Times are shown in U
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
 import importlib
 import json
-import os
-import shutil
-import sys
-import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar, cast
 
 import click
@@ -60,10 +54,22 @@ from .._errors import (
     StoreError,
     WorkflowNotFound,
 )
-from .._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
-from .._signals import ApprovalInfo, ApprovalNotPending
+from .._signals import ApprovalNotPending
 from .._usage import REPLAY_EVENT, replay_saved, usage
 from ..store import Store, WorkflowStatus, open_store
+from ._render import (
+    approval_table,
+    clip,
+    header_lines,
+    one_line,
+    pending_retries,
+    retry_table,
+    step_table,
+    terminal_width,
+    usage_dict,
+    without_password,
+    workflow_table,
+)
 
 __all__ = [
     "DEFAULT_DB",
@@ -82,28 +88,7 @@ EXIT_USAGE = 2
 EXIT_STORE = 3
 
 _PACKAGE = __name__.partition(".")[0]
-_GAP = "  "
-_STEP_PREVIEW = 60  # output preview width when stdout is not a terminal
-_HEADER_PREVIEW = 100  # inputs/result preview width when stdout is not a terminal
-_ATTEMPT_PREVIEW = 100  # error width of an attempt line when stdout is not a terminal
-_ATTEMPT_MIN_ERROR = 24  # narrower than this, an attempt line drops its retry time instead
-_DETAILS_MIN = 20  # the details preview an approvals table fit to a terminal keeps if it can
-_DETAILS_FLOOR = 12  # ... and the narrowest it gets
-_DETAILS_PREVIEW = 60  # details preview width when stdout is not a terminal
 _APPROVALS_LIMIT = 100
-_STATUS_STYLES: dict[str, dict[str, Any]] = {
-    WorkflowStatus.SUCCESS.value: {"fg": "green"},
-    WorkflowStatus.ERROR.value: {"fg": "red"},
-    WorkflowStatus.RUNNING.value: {"fg": "yellow"},
-    WorkflowStatus.PENDING.value: {"fg": "cyan"},  # an approval's PENDING too
-    WorkflowStatus.WAITING.value: {"fg": "cyan"},
-    WorkflowStatus.CANCELLED.value: {"fg": "yellow"},  # stopped on request: a warning
-    WorkflowStatus.DEAD_LETTER.value: {"fg": "red", "bold": True},  # given up: an error
-    # Approval statuses.
-    "APPROVED": {"fg": "green"},
-    "REJECTED": {"fg": "red"},
-    "TIMED_OUT": {"fg": "yellow"},
-}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,7 +98,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _fail(message: str, code: int) -> NoReturn:
     """Print ``perdure: message`` on one line to stderr and exit with ``code``."""
-    click.echo(f"perdure: {_one_line(message)}", err=True)
+    click.echo(f"perdure: {one_line(message)}", err=True)
     raise click.exceptions.Exit(code)
 
 
@@ -176,339 +161,6 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
 
 
-def _terminal_width() -> int | None:
-    """Columns to fit output into: the terminal's (or $COLUMNS), None when piped."""
-    if "COLUMNS" in os.environ or sys.stdout.isatty():
-        return max(40, shutil.get_terminal_size().columns)
-    return None
-
-
-def _one_line(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped, safe for a cell."""
-    if text.isprintable():
-        return text
-    return "".join(
-        ch if unicodedata.category(ch) != "Cc" else repr(ch)[1:-1] for ch in text
-    ).replace("\u2028", "\\u2028")
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
-
-
-def _without_password(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit to print."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.partition("@")
-    if not sep or not at or ":" not in credentials or "/" in credentials:
-        return url
-    return f"{scheme}://{credentials.partition(':')[0]}:***@{host}"
-
-
-def _time(value: Any, *, short: bool = False, millis: bool = False) -> str:
-    if short:
-        return str(value.strftime("%m-%d %H:%M:%S"))
-    text = value.strftime("%Y-%m-%d %H:%M:%S")
-    if millis:
-        text += f".{value.microsecond // 1000:03d}"
-    return str(text)
-
-
-def _time_on(value: dt.datetime, day: dt.date) -> str:
-    """``value`` with milliseconds, and with its date only when it is not ``day``."""
-    if value.date() == day:
-        return f"{value.strftime('%H:%M:%S')}.{value.microsecond // 1000:03d}"
-    return _time(value, millis=True)
-
-
-def _error_text(error: ErrorInfo, width: int) -> str:
-    """``Type: message`` on one line, cut to ``width``; perdure's own exceptions go by the name
-    they are exported under (``perdure.TransientError``, not ``perdure._errors.…``)."""
-    module, _, name = error.type.rpartition(".")
-    if module.startswith(f"{_PACKAGE}._"):
-        exported = getattr(sys.modules[_PACKAGE], name, None)
-        if isinstance(exported, type) and exported.__module__ == module:
-            error = ErrorInfo(f"{_PACKAGE}.{name}", error.message)
-    return _one_line(_admin.error_text(error, width))
-
-
-def _millis(ms: float) -> str:
-    """A duration in milliseconds: two decimals below 10 ms, one above, thousands grouped."""
-    return f"{ms:.2f} ms" if ms < 10 else f"{ms:,.1f} ms"
-
-
-def _status(text: str) -> str:
-    """Color a (padded) status cell; click strips the color when stdout is not a terminal."""
-    style = _STATUS_STYLES.get(text.strip())
-    return click.style(text, **style) if style else text
-
-
-# -- tables --------------------------------------------------------------------------------
-
-
-@dataclass
-class _Column:
-    header: str
-    cells: list[str]
-    right: bool = False  # right-aligned (numbers)
-    width: int = 0
-
-    def __post_init__(self) -> None:
-        self.cells = [_one_line(cell) for cell in self.cells]
-        self.width = max([len(self.header), *map(len, self.cells)])
-
-
-def _total(columns: Sequence[_Column]) -> int:
-    return sum(c.width for c in columns) + len(_GAP) * (len(columns) - 1)
-
-
-def _shrink(columns: Sequence[_Column], header: str, minimum: int, width: int | None) -> None:
-    """Narrow the column named ``header`` (not below ``minimum``) until the table fits."""
-    if width is None:
-        return
-    for column in columns:
-        if column.header == header:
-            excess = _total(columns) - width
-            if excess > 0:
-                column.width = max(min(minimum, column.width), column.width - excess)
-
-
-def _render_table(columns: Sequence[_Column], indent: str = "") -> list[str]:
-    def line(cells: Sequence[str]) -> str:
-        parts = []
-        for column, cell in zip(columns, cells, strict=True):
-            cell = _clip(cell, column.width)
-            padded = cell.rjust(column.width) if column.right else cell.ljust(column.width)
-            parts.append(_status(padded) if column.header == "status" else padded)
-        return (indent + _GAP.join(parts)).rstrip()
-
-    lines = [line([c.header for c in columns])]
-    lines.extend(line(cells) for cells in zip(*(c.cells for c in columns), strict=True))
-    return lines
-
-
-def _workflow_table(infos: Sequence[WorkflowInfo], width: int | None) -> list[str]:
-    """The ``list`` table, made to fit ``width``: first times get shorter, then the updated
-    column goes, then the name and finally the id are cut with "…"."""
-
-    def columns(short: bool, updated: bool, recoveries: str) -> list[_Column]:
-        cols = [
-            _Column("id", [i.id for i in infos]),
-            _Column("name", [i.name for i in infos]),
-            _Column("status", [i.status.value for i in infos]),
-            _Column("created (UTC)", [_time(i.created_at, short=short) for i in infos]),
-        ]
-        if updated:
-            cols.append(_Column("updated (UTC)", [_time(i.updated_at, short=short) for i in infos]))
-        cols.append(_Column(recoveries, [str(i.recoveries) for i in infos], right=True))
-        return cols
-
-    cols = columns(False, True, "recoveries")
-    for short, updated, recoveries in (
-        (True, True, "recoveries"),
-        (True, True, "recov"),
-        (True, False, "recov"),
-    ):
-        if width is None or _total(cols) <= width:
-            break
-        cols = columns(short, updated, recoveries)
-    _shrink(cols, "name", 12, width)
-    _shrink(cols, "name", 8, width)
-    _shrink(cols, "id", 8, width)
-    return _render_table(cols)
-
-
-def _attempt_line(
-    attempt: AttemptInfo, indent: str, day: dt.date, width: int | None, *, due: bool
-) -> str:
-    """``attempt N failed <time> <Type>: <message> (retried at <time>)``, fit to ``width``
-    (times carry their date only when it is not ``day``). With ``due`` the retry has not
-    happened (yet): ``(retry due at <time>)``. When the error would get fewer than
-    ``_ATTEMPT_MIN_ERROR`` columns, the retry time is left out to make room for it."""
-    head = f"{indent}attempt {attempt.attempt} failed {_time_on(attempt.failed_at, day)} "
-    retry = "retry due at" if due else "retried at"
-    tail = f" ({retry} {_time_on(attempt.retry_at, day)})"
-    if width is None:
-        return head + _error_text(attempt.error, _ATTEMPT_PREVIEW) + tail
-    room = width - len(head) - len(tail)
-    error = _error_text(attempt.error, max(room, _ATTEMPT_PREVIEW))
-    if len(error) > room and room < _ATTEMPT_MIN_ERROR:
-        tail, room = "", width - len(head)
-    return _clip(head + _clip(error, max(room, _ATTEMPT_MIN_ERROR)) + tail, width)
-
-
-def _with_attempts(
-    rows: Sequence[str],
-    failures: Sequence[Sequence[AttemptInfo]],
-    indent: str,
-    day: dt.date,
-    width: int | None,
-    *,
-    pending: bool = False,
-) -> list[str]:
-    """Table ``rows`` (header first), each followed by its failed attempts' lines; with
-    ``pending``, each row's last attempt is still waiting for its retry."""
-    lines = [rows[0]]
-    for row, attempts in zip(rows[1:], failures, strict=True):
-        lines.append(row)
-        for i, attempt in enumerate(attempts):
-            due = pending and i == len(attempts) - 1
-            lines.append(_attempt_line(attempt, indent, day, width, due=due))
-    return lines
-
-
-def _step_table(steps: Sequence[StepInfo], day: dt.date, width: int | None) -> list[str]:
-    """The ``show`` timeline: one row per journal step, then a line per failed attempt of
-    it (times dated only when not on ``day``). The replay key gets a column when some key
-    differs from the position (steps of concurrent branches, or commits out of call order)."""
-    cols = [_Column("#", [str(s.position) for s in steps], right=True)]
-    if any(s.key != str(s.position) for s in steps):
-        cols.append(_Column("key", [s.key for s in steps]))
-    cols += [
-        _Column("name", [s.name for s in steps]),
-        _Column("status", [s.status.value for s in steps]),
-        _Column(
-            "duration",
-            [_millis(s.duration.total_seconds() * 1000) for s in steps],
-            right=True,
-        ),
-        _Column("attempts", [str(s.attempts) for s in steps], right=True),
-    ]
-    indent = "  "
-    name = next(c for c in cols if c.header == "name")
-    if width is not None:
-        name.width = min(name.width, 30)
-        room = width - len(indent) - _total(cols) - len(_GAP)
-        preview_width = max(20, room)
-    else:
-        preview_width = _STEP_PREVIEW
-    outcomes = [
-        _error_text(s.error, preview_width)
-        if s.error is not None
-        else _admin.preview(s.output, preview_width)
-        for s in steps
-    ]
-    cols.append(_Column("output / error", outcomes))
-    rows = _render_table(cols, indent)
-    # Attempt lines start under the name column.
-    nested = indent + " " * (_total(cols[: cols.index(name)]) + len(_GAP))
-    return _with_attempts(rows, [s.failures for s in steps], nested, day, width)
-
-
-def _pending_retries(
-    steps: Sequence[StepInfo], attempts: Sequence[AttemptInfo]
-) -> list[list[AttemptInfo]]:
-    """The failed attempts of each step that has no journal entry yet (it waits for its next
-    attempt, or waited when the workflow ended), in the order they first failed."""
-    done = {s.key for s in steps}
-    pending: dict[str, list[AttemptInfo]] = {}
-    for attempt in attempts:
-        if attempt.key not in done:
-            pending.setdefault(attempt.key, []).append(attempt)
-    return list(pending.values())
-
-
-def _retry_table(
-    pending: Sequence[Sequence[AttemptInfo]], day: dt.date, width: int | None
-) -> list[str]:
-    """Steps waiting for their next attempt: one row each, then a line per failed attempt
-    (times dated only when not on ``day``)."""
-    cols = [
-        _Column("key", [a[-1].key for a in pending]),
-        _Column("name", [a[-1].name for a in pending]),
-        _Column("next attempt", [str(a[-1].attempt + 1) for a in pending], right=True),
-        _Column("due (UTC)", [_time(a[-1].retry_at, millis=True) for a in pending]),
-    ]
-    indent = "  "
-    _shrink(cols, "name", 12, None if width is None else width - len(indent))
-    rows = _render_table(cols, indent)
-    nested = indent + " " * (cols[0].width + len(_GAP))
-    return _with_attempts(rows, pending, nested, day, width, pending=True)
-
-
-def _header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
-    """The ``show`` header: one ``label  value`` line per fact about the workflow."""
-    label_width = 12
-    room = _HEADER_PREVIEW if width is None else max(20, width - label_width)
-    rows: list[tuple[str, str]] = [
-        ("id", info.id),
-        ("name", info.name),
-        ("status", info.status.value),
-        ("inputs", _admin.preview_call(info.args, info.kwargs, room)),
-    ]
-    if info.error is not None:
-        rows.append(("error", _error_text(info.error, room)))
-    elif info.status is WorkflowStatus.SUCCESS:
-        rows.append(("result", _admin.preview(info.output, room)))
-    rows += [
-        ("created", _time(info.created_at, millis=True) + " UTC"),
-        ("updated", _time(info.updated_at, millis=True) + " UTC"),
-        ("recoveries", str(info.recoveries)),
-    ]
-    if info.owner is not None:
-        rows.append(("owner", info.owner))
-    if info.queue:
-        rows.append(("queue", info.queue))
-    lines = []
-    for label, value in rows:
-        value = _one_line(value)
-        if width is not None:
-            value = _clip(value, max(20, width - label_width))
-        lines.append(f"{label:<{label_width}}{_status(value) if label == 'status' else value}")
-    return lines
-
-
-def _approval_table(infos: Sequence[ApprovalInfo], decided: bool, width: int | None) -> list[str]:
-    """The ``approvals`` table, made to fit ``width``; with ``decided`` it has the status and
-    the decision's columns. The details preview comes last and takes the room that is left.
-    To leave it ``_DETAILS_MIN`` columns, first times get shorter, then the decided column
-    goes, then (with the decisions) the requested column; then the comment, the workflow
-    name and the approval name are cut with "…" (to 12). Still too wide, the details narrow
-    to ``_DETAILS_FLOOR`` and those columns, then the id, are cut to 8."""
-
-    def columns(short: bool, decided_at: bool, requested: bool = True) -> list[_Column]:
-        cols = [
-            _Column("workflow id", [a.workflow_id for a in infos]),
-            _Column("workflow", [a.workflow_name for a in infos]),
-            _Column("approval", [a.name for a in infos]),
-        ]
-        if decided:
-            cols.append(_Column("status", [a.status for a in infos]))
-        if requested or not decided:
-            times = [_time(a.requested_at, short=short) for a in infos]
-            cols.append(_Column("requested (UTC)", times))
-        if decided:
-            if decided_at:
-                times = ["" if a.decided_at is None else _time(a.decided_at, short=short)
-                         for a in infos]  # fmt: skip
-                cols.append(_Column("decided (UTC)", times))
-            cols.append(_Column("decided by", [a.decided_by or "" for a in infos]))
-            cols.append(_Column("comment", [a.comment or "" for a in infos]))
-        return cols
-
-    # Room the columns before the details may take, the details keeping _DETAILS_MIN.
-    fixed = None if width is None else width - len(_GAP) - _DETAILS_MIN
-    cols = columns(False, True)
-    for short, decided_at, requested in ((True, True, True), (True, False, True),
-                                         (True, False, False)):  # fmt: skip
-        if fixed is None or _total(cols) <= fixed:
-            break
-        cols = columns(short, decided_at, requested)
-    for header, minimum in (("comment", 12), ("workflow", 12), ("approval", 12)):
-        _shrink(cols, header, minimum, fixed)
-    # Still too wide: the details make do with _DETAILS_FLOOR, the names and the id get shorter.
-    floor = None if width is None else width - len(_GAP) - _DETAILS_FLOOR
-    for header in ("comment", "decided by", "workflow", "approval", "workflow id"):
-        _shrink(cols, header, 8, floor)
-    room = (
-        _DETAILS_PREVIEW if width is None else max(_DETAILS_FLOOR, width - _total(cols) - len(_GAP))
-    )
-    details = ["" if a.details is None else _admin.preview(a.details, room) for a in infos]
-    cols.append(_Column("details", details))
-    cols[-1].width = min(cols[-1].width, room)
-    return _render_table(cols)
-
-
 def _os_user() -> str:
     """Who runs this command, for ``--by``: the OS user name, else ``unknown``."""
     try:
@@ -523,7 +175,7 @@ def _parse_json(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:  # JSONDecodeError, or a number too long to convert
         _fail(
-            f"JSON is not valid JSON ({exc}): {_clip(text, 40)!r}; quote it for the shell, e.g. "
+            f"JSON is not valid JSON ({exc}): {clip(text, 40)!r}; quote it for the shell, e.g. "
             """'{"a": 1}', or '"text"' for a string""",
             EXIT_USAGE,
         )
@@ -581,9 +233,9 @@ def list_command(db: str, status: str | None, name: str | None, limit: int, as_j
         _echo_json([_admin.workflow_to_dict(info) for info in infos])
     elif not infos:
         which = " matching" if status or name else ""
-        click.echo(f"No{which} workflows in {_without_password(db)}.")
+        click.echo(f"No{which} workflows in {without_password(db)}.")
     else:
-        for line in _workflow_table(infos, _terminal_width()):
+        for line in workflow_table(infos, terminal_width()):
             click.echo(line)
 
 
@@ -600,26 +252,28 @@ def show_command(workflow_id: str, db: str, as_json: bool) -> None:
         attempts = _admin.list_attempts(store, workflow_id)
         steps = _admin.list_steps(store, workflow_id)
         store_event = store.get_event(workflow_id, REPLAY_EVENT)
-    pending = _pending_retries(steps, attempts)
+    pending = pending_retries(steps, attempts)
     tokens = usage(steps)
     saved = replay_saved(store_event)
     if as_json:
         data = _admin.workflow_to_dict(info)
         data["steps"] = [_admin.step_to_dict(step) for step in steps]
         data["retrying"] = [_admin.retrying_to_dict(failures) for failures in pending]
-        data["usage"] = {"model_calls": tokens.calls, "input_tokens": tokens.input_tokens,
-                         "output_tokens": tokens.output_tokens,
-                         "saved_by_replay": {"model_calls": saved.calls,
-                                             "input_tokens": saved.input_tokens,
-                                             "output_tokens": saved.output_tokens}}  # fmt: skip
+        per_model = {model: usage_dict(part) for model, part in sorted(tokens.by_model.items())}
+        data["usage"] = {**usage_dict(tokens), "saved_by_replay": usage_dict(saved),
+                         "by_model": per_model}  # fmt: skip
         _echo_json(data)
         return
-    width = _terminal_width()
-    for line in _header_lines(info, width):
+    width = terminal_width()
+    for line in header_lines(info, width):
         click.echo(line)
     if tokens.calls:
         click.echo(f"{'tokens':<12}{tokens.input_tokens:,} in, {tokens.output_tokens:,} out "
                    f"({tokens.calls} model calls)")  # fmt: skip
+        if len(tokens.by_model) > 1:
+            for model, part in sorted(tokens.by_model.items()):
+                click.echo(f"{'':<12}{model}: {part.input_tokens:,} in, "
+                           f"{part.output_tokens:,} out ({part.calls} calls)")  # fmt: skip
     if saved.calls:
         click.echo(f"{'replayed':<12}{saved.calls} model calls ({saved.total_tokens:,} tokens) "
                    "came from the journal on resumption instead of being sent again")  # fmt: skip
@@ -628,7 +282,7 @@ def show_command(workflow_id: str, db: str, as_json: bool) -> None:
         click.echo("No steps recorded.")
     else:
         click.echo(f"Steps ({len(steps)}):")
-        for line in _step_table(steps, info.created_at.date(), width):
+        for line in step_table(steps, info.created_at.date(), width):
             click.echo(line)
     if pending:
         click.echo()
@@ -637,7 +291,7 @@ def show_command(workflow_id: str, db: str, as_json: bool) -> None:
         else:
             heading = f"Retrying ({len(pending)}):"
         click.echo(heading)
-        for line in _retry_table(pending, info.created_at.date(), width):
+        for line in retry_table(pending, info.created_at.date(), width):
             click.echo(line)
 
 
@@ -696,9 +350,9 @@ def approvals_command(show_all: bool, limit: int, db: str, as_json: bool) -> Non
         _echo_json([_admin.approval_to_dict(info) for info in infos])
     elif not infos:
         which = "" if show_all else " pending"
-        click.echo(f"No{which} approvals in {_without_password(db)}.")
+        click.echo(f"No{which} approvals in {without_password(db)}.")
     else:
-        for line in _approval_table(infos, show_all, _terminal_width()):
+        for line in approval_table(infos, show_all, terminal_width()):
             click.echo(line)
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 from urllib.parse import unquote
 
 from .._errors import ConfigurationError
+from ._blobs import DEFAULT_BLOB_THRESHOLD
 from ._protocol import (
     ApprovalRow,
     AttemptRow,
@@ -26,6 +27,7 @@ from ._protocol import (
 )
 
 __all__ = [
+    "DEFAULT_BLOB_THRESHOLD",
     "ApprovalRow",
     "AttemptRow",
     "Lease",
@@ -42,7 +44,12 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, durability: Literal["full", "normal"] = "full") -> Store:
+def open_store(
+    url: str,
+    *,
+    durability: Literal["full", "normal"] = "full",
+    blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+) -> Store:
     """Open (and migrate) the store a URL names.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``
@@ -67,7 +74,7 @@ def open_store(url: str, *, durability: Literal["full", "normal"] = "full") -> S
                 f"SQLite URL {url!r} needs three slashes: sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
-        store = SQLiteStore(unquote(rest[1:]), durability=durability)
+        store = SQLiteStore(unquote(rest[1:]), durability=durability, blob_threshold=blob_threshold)
         store.migrate()
         return store
     if scheme in ("postgresql", "postgres"):
@@ -78,7 +85,7 @@ def open_store(url: str, *, durability: Literal["full", "normal"] = "full") -> S
                 f"PostgreSQL URL {url!r} needs psycopg 3 and psycopg_pool, which are not "
                 f"installed ({exc}): pip install 'perdure[postgres]'"
             ) from exc
-        pg = PostgresStore(url)
+        pg = PostgresStore(url, blob_threshold=blob_threshold)
         try:
             pg.migrate()
         except BaseException:

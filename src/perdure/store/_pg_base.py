@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -29,8 +29,10 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError
+from ._blobs import DEFAULT_BLOB_THRESHOLD, TableBlobs
 from ._migrations import load_migrations
-from ._protocol import Lease, OwnershipLost
+from ._protocol import Lease, OwnershipLost, StepRow, WorkflowRow
+from ._rows import step_row, workflow_row
 
 T = TypeVar("T")
 log = logging.getLogger("perdure")
@@ -113,6 +115,7 @@ class PgBase:
         max_size: int = 8,
         connect_timeout: float = 10.0,
         outage_timeout: float = 120.0,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
     ) -> None:
         conninfo, own = url_options(url)
         schema = schema if schema is not None else own.get("schema")
@@ -127,6 +130,7 @@ class PgBase:
         self._label = _redact(conninfo) + (f" (schema {schema})" if schema else "")
         self._closed = False
         self._outage = False  # a call is retrying transient failures (for logging)
+        self.blobs = TableBlobs(self._run, "%s", self._label, blob_threshold)
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(1, int(connect_timeout)),
@@ -164,6 +168,14 @@ class PgBase:
             ) from exc
 
     # -- plumbing --------------------------------------------------------------------------
+
+    def _wf(self, r: Sequence[Any]) -> WorkflowRow:
+        """A workflow row read from the database, its large payloads fetched."""
+        return self.blobs.workflow_in(workflow_row(r))
+
+    def _step(self, r: Sequence[Any]) -> StepRow:
+        """A journal row read from the database, its large output fetched."""
+        return self.blobs.step_in(step_row(r))
 
     def _run(self, fn: Callable[[Conn], T], settled: Callable[[Conn], Any] | None = None) -> T:
         """Run ``fn`` on a pooled connection, retrying transient failures.

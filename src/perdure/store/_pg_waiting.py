@@ -8,7 +8,7 @@ from typing import Any
 
 from ._pg_base import _NOW, _UNSETTLED, Conn, PgBase, _hold
 from ._protocol import ApprovalRow, Lease, OwnershipLost, StepRow, WorkflowRow, approval_topic
-from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, WF_COLUMNS, workflow_row
+from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, WF_COLUMNS
 
 
 class PgWaiting(PgBase):
@@ -53,7 +53,7 @@ class PgWaiting(PgBase):
             "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             f"RETURNING {WF_COLUMNS}"
         )
-        return [workflow_row(r) for r in self._fetchall(query, params)]
+        return [self._wf(r) for r in self._fetchall(query, params)]
 
     def next_wake(self, names: Collection[str]) -> float | None:
         """The earliest timer among WAITING workflows of these names."""

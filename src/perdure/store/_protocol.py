@@ -86,6 +86,15 @@ class QueueLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class RateGrant:
+    """The answer of ``Store.take_rate``: the call recorded (``call_id``, and ``wait`` 0.0),
+    or no room (``call_id`` None) and the seconds to ``wait`` before asking again."""
+
+    call_id: int | None
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """The right to write a workflow's journal: its owner and the claim's epoch."""
 
@@ -192,7 +201,13 @@ class WorkerRow:
 
 
 class Store(Protocol):
-    """What the engine needs from a database. Every method is safe to call from any thread."""
+    """What the engine needs from a database. Every method is safe to call from any thread.
+
+    Large payloads are the store's business: a step output, workflow inputs or result above
+    the store's blob threshold is kept out of the journal row (see ``perdure.store._blobs``)
+    and every method that returns rows returns them with the payload itself, so the engine
+    never sees a blob reference.
+    """
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the version this code knows."""
@@ -408,3 +423,26 @@ class Store(Protocol):
 
     def forget_workers(self, worker_ids: Sequence[str]) -> None:
         """Delete worker rows that own nothing any more."""
+
+    def take_rate(
+        self, key: str, requests: int | None, tokens: int | None, per: float
+    ) -> RateGrant:
+        """Take room for one model call under the rate limit ``key`` (``"<provider>:<model>"``),
+        atomically across every worker of the database, by the database's clock.
+
+        There is room when the key is not blocked (see :meth:`block_rate`), fewer than
+        ``requests`` calls were taken in the last ``per`` seconds, and the tokens charged in
+        the last ``per`` seconds are fewer than ``tokens`` (None: no such limit). Then one
+        call is recorded (0 tokens until :meth:`charge_rate`) and its id returned; otherwise
+        nothing is written and the grant says how long until room may free. Rows of ``key``
+        older than the window are deleted on the way.
+        """
+
+    def charge_rate(self, key: str, call_id: int, tokens: int) -> None:
+        """Record the tokens a call taken by :meth:`take_rate` used (its reported usage); they
+        count against ``key``'s token limit for ``per`` seconds from now. A call already
+        pruned is ignored."""
+
+    def block_rate(self, key: str, seconds: float) -> None:
+        """Give ``key`` no room for ``seconds`` from now (database clock), for every worker: a
+        provider's 429 with Retry-After. A block already reaching further is kept."""

@@ -6,14 +6,16 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError
+from ._blobs import DEFAULT_BLOB_THRESHOLD, FileBlobs
 from ._migrations import load_migrations
-from ._protocol import Lease, OwnershipLost
+from ._protocol import Lease, OwnershipLost, StepRow, WorkflowRow
+from ._rows import step_row, workflow_row
 
 T = TypeVar("T")
 
@@ -28,10 +30,12 @@ class SQLiteBase:
         *,
         durability: Literal["full", "normal"] = "full",
         busy_timeout: float = 5.0,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ConfigurationError(f"durability must be 'full' or 'normal', not {durability!r}")
         self.path = path
+        self.blobs = FileBlobs(path, blob_threshold)
         self._lock = threading.RLock()  # a transaction step's body may call the store
         self._closed = False
         if path != ":memory:":
@@ -51,6 +55,14 @@ class SQLiteBase:
             raise StoreUnavailableError(f"cannot open SQLite database {path!r}: {exc}") from exc
 
     # -- plumbing --------------------------------------------------------------------------
+
+    def _wf(self, r: Sequence[Any]) -> WorkflowRow:
+        """A workflow row read from the database, its large payloads fetched."""
+        return self.blobs.workflow_in(workflow_row(r))
+
+    def _step(self, r: Sequence[Any]) -> StepRow:
+        """A journal row read from the database, its large output fetched."""
+        return self.blobs.step_in(step_row(r))
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:

@@ -8,7 +8,7 @@ from collections.abc import Collection
 from typing import Any
 
 from ._protocol import ApprovalRow, Lease, OwnershipLost, StepRow, WorkflowRow, approval_topic
-from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, WF_COLUMNS, workflow_row
+from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, WF_COLUMNS
 from ._sqlite_base import SQLiteBase, _hold, _named_list
 
 
@@ -60,7 +60,7 @@ class SQLiteWaiting(SQLiteBase):
             with self._transaction(conn):
                 return conn.execute(sql, params).fetchall()
 
-        return [workflow_row(r) for r in self._run(claim)]
+        return [self._wf(r) for r in self._run(claim)]
 
     def next_wake(self, names: Collection[str]) -> float | None:
         """The earliest timer among WAITING workflows of these names."""

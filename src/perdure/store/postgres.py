@@ -38,6 +38,7 @@ from ._pg_base import (
     split_url,
     transient,
 )
+from ._pg_limits import PgLimits
 from ._pg_waiting import PgWaiting
 from ._protocol import (
     AttemptRow,
@@ -91,7 +92,7 @@ _ATTEMPT_SQL = (
 )
 
 
-class PostgresStore(PgWaiting):
+class PostgresStore(PgWaiting, PgLimits):
     """A :class:`~perdure.store.Store` on a PostgreSQL database.
 
     Args:
@@ -112,12 +113,13 @@ class PostgresStore(PgWaiting):
     def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
         """Insert ``row`` unless its id exists; return (stored row, created)."""
         marks = ", ".join(["%s"] * len(WF_COLUMNS.split(",")))
+        written = self.blobs.workflow_out(row)
 
         def create(conn: Conn) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
                 f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({marks}) "
                 "ON CONFLICT (id) DO NOTHING",
-                workflow_values(row),
+                workflow_values(written),
             )
             if cur.rowcount == 1:
                 if row.status is WorkflowStatus.ENQUEUED:
@@ -128,17 +130,18 @@ class PostgresStore(PgWaiting):
             ).fetchone()
             if found is None:  # deleted in between: nothing perdure does, but be exact
                 raise StoreError(f"workflow {row.id!r} vanished while being created")
-            stored = workflow_row(found)
+            stored = workflow_row(found)  # its payloads are fetched below, off this connection
             # this very insert, retried after its acknowledgement was lost: same creator
             mine = (stored.owner, stored.created_at, stored.epoch) == (row.owner, row.created_at, 1)
-            return stored, mine and stored.inputs == row.inputs
+            return stored, mine and stored.inputs == written.inputs
 
-        return self._run(create)
+        stored, created = self._run(create)
+        return (row, True) if stored is row else (self.blobs.workflow_in(stored), created)
 
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """Return the workflow with this id, or None."""
         found = self._fetchone(f"SELECT {WF_COLUMNS} FROM workflows WHERE id = %s", (workflow_id,))
-        return None if found is None else workflow_row(found)
+        return None if found is None else self._wf(found)
 
     def list_workflows(
         self, status: WorkflowStatus | None, name: str | None, limit: int
@@ -153,7 +156,7 @@ class PostgresStore(PgWaiting):
             params.append(name)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT {WF_COLUMNS} FROM workflows {where} ORDER BY created_at DESC LIMIT %s"
-        return [workflow_row(r) for r in self._fetchall(query, (*params, limit))]
+        return [self._wf(r) for r in self._fetchall(query, (*params, limit))]
 
     def finish_workflow(
         self,
@@ -165,6 +168,7 @@ class PostgresStore(PgWaiting):
     ) -> None:
         """Record the final outcome and drop ownership, if ``lease`` is current; approvals it
         still has pending are closed (nobody can decide them any more)."""
+        output = self.blobs.offload(output)
 
         def finish(conn: Conn) -> int:
             with conn.transaction():
@@ -245,10 +249,11 @@ class PostgresStore(PgWaiting):
             'ORDER BY position, key COLLATE "C"',
             (workflow_id,),
         )
-        return [step_row(r) for r in rows]
+        return [self._step(r) for r in rows]
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
         """Commit one journal entry, fenced on the lease, in one statement."""
+        row = self.blobs.step_out(row)
         params = {
             "wf": row.workflow_id, "owner": lease.owner, "epoch": lease.epoch,
             "position": row.position, "key": row.key, "name": row.name,
@@ -277,7 +282,7 @@ class PostgresStore(PgWaiting):
                     (workflow_id, key),
                 ).fetchone()
                 if found is not None:
-                    return step_row(found)
+                    return step_row(found)  # its output is fetched below, off this connection
                 try:
                     row = body(conn)  # its exceptions roll back and propagate as they are
                 except Exception as exc:
@@ -287,11 +292,11 @@ class PostgresStore(PgWaiting):
                 conn.execute(
                     f"INSERT INTO steps ({STEP_COLUMNS}) VALUES "
                     "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    step_values(row),
+                    step_values(self.blobs.step_out(row, conn)),
                 )
                 return row
 
-        return self._run(transact)
+        return self.blobs.step_in(self._run(transact))
 
     def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
         """Record a failed attempt, fenced on the lease, in one statement."""
@@ -368,7 +373,7 @@ class PostgresStore(PgWaiting):
                     {**params, "room": room},
                 ).fetchall()
 
-        return [workflow_row(r) for r in self._run(take)]
+        return [self._wf(r) for r in self._run(take)]
 
     # -- cancellation ----------------------------------------------------------------------
 
@@ -391,7 +396,7 @@ class PostgresStore(PgWaiting):
                 ).fetchone()
 
         found = self._run(flag)
-        return None if found is None else workflow_row(found)
+        return None if found is None else self._wf(found)
 
     def owned(self, worker_id: str) -> list[WorkflowRow]:
         """Unfinished workflows ``worker_id`` holds."""
@@ -399,7 +404,7 @@ class PostgresStore(PgWaiting):
             f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = %s AND {UNFINISHED}",
             (worker_id,),
         )
-        return [workflow_row(r) for r in rows]
+        return [self._wf(r) for r in rows]
 
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
@@ -459,7 +464,7 @@ class PostgresStore(PgWaiting):
             f"AND name = ANY(%(names)s::text[]) {only} ORDER BY created_at LIMIT %(limit)s "
             f"FOR UPDATE SKIP LOCKED) RETURNING {WF_COLUMNS}"
         )
-        return [workflow_row(r) for r in self._fetchall(query, params)]
+        return [self._wf(r) for r in self._fetchall(query, params)]
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name."""

@@ -37,12 +37,11 @@ from ._rows import (
     UNFINISHED,
     WF_COLUMNS,
     attempt_rows,
-    step_row,
     step_values,
-    workflow_row,
     workflow_values,
 )
 from ._sqlite_base import _hold, _named_list
+from ._sqlite_limits import SQLiteLimits
 from ._sqlite_waiting import SQLiteWaiting
 
 _CLAIMABLE = (
@@ -57,7 +56,7 @@ _APPEND_SQL = (
 )
 
 
-class SQLiteStore(SQLiteWaiting):
+class SQLiteStore(SQLiteWaiting, SQLiteLimits):
     """A :class:`~perdure.store.Store` on one SQLite database file.
 
     Args:
@@ -71,19 +70,20 @@ class SQLiteStore(SQLiteWaiting):
 
     def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
         """Insert ``row`` unless its id exists; return (stored row, created)."""
+        written = self.blobs.workflow_out(row)
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
                 f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({_WF_MARKS}) "
                 "ON CONFLICT (id) DO NOTHING",
-                workflow_values(row),
+                workflow_values(written),
             )
             if cur.rowcount == 1:
                 return row, True
             found = conn.execute(
                 f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (row.id,)
             ).fetchone()
-            return workflow_row(found), False
+            return self._wf(found), False
 
         return self._run(create)
 
@@ -94,7 +94,7 @@ class SQLiteStore(SQLiteWaiting):
                 f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (workflow_id,)
             ).fetchone()
         )
-        return None if found is None else workflow_row(found)
+        return None if found is None else self._wf(found)
 
     def list_workflows(
         self, status: WorkflowStatus | None, name: str | None, limit: int
@@ -110,7 +110,7 @@ class SQLiteStore(SQLiteWaiting):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT {WF_COLUMNS} FROM workflows {where} ORDER BY created_at DESC LIMIT ?"
         rows = self._run(lambda c: c.execute(sql, (*params, limit)).fetchall())
-        return [workflow_row(r) for r in rows]
+        return [self._wf(r) for r in rows]
 
     def finish_workflow(
         self,
@@ -123,6 +123,7 @@ class SQLiteStore(SQLiteWaiting):
         """Record the final outcome and drop ownership, if ``lease`` is current; approvals it
         still has pending are closed (nobody can decide them any more)."""
         now = time.time()
+        output = self.blobs.offload(output)
 
         def finish(conn: sqlite3.Connection) -> int:
             with self._transaction(conn):
@@ -175,10 +176,11 @@ class SQLiteStore(SQLiteWaiting):
                 (workflow_id,),
             ).fetchall()
         )
-        return [step_row(r) for r in rows]
+        return [self._step(r) for r in rows]
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
         """Commit one journal entry, fenced on the lease, in one statement and one fsync."""
+        row = self.blobs.step_out(row)
         params = (
             row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
             row.error, row.started_at, row.finished_at, row.attempts,
@@ -204,7 +206,7 @@ class SQLiteStore(SQLiteWaiting):
                     (workflow_id, key),
                 ).fetchone()
                 if found is not None:
-                    return step_row(found)
+                    return self._step(found)
                 row = body(conn)  # its exceptions roll back and propagate as they are
                 if not conn.in_transaction:
                     raise ConfigurationError(
@@ -213,7 +215,7 @@ class SQLiteStore(SQLiteWaiting):
                         "rollback() in a @perdure.transaction step"
                     )
                 conn.execute(f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                             step_values(row))  # fmt: skip
+                             step_values(self.blobs.step_out(row)))  # fmt: skip
                 return row
 
         return self._run(transact)
@@ -277,7 +279,7 @@ class SQLiteStore(SQLiteWaiting):
                     {**params, "room": room},
                 ).fetchall()
 
-        return [workflow_row(r) for r in self._run(take)]
+        return [self._wf(r) for r in self._run(take)]
 
     # -- cancellation ----------------------------------------------------------------------
 
@@ -296,7 +298,7 @@ class SQLiteStore(SQLiteWaiting):
             ).fetchone()
 
         found = self._run(flag)
-        return None if found is None else workflow_row(found)
+        return None if found is None else self._wf(found)
 
     def owned(self, worker_id: str) -> list[WorkflowRow]:
         """Unfinished workflows ``worker_id`` holds."""
@@ -306,7 +308,7 @@ class SQLiteStore(SQLiteWaiting):
                 (worker_id,),
             ).fetchall()
         )
-        return [workflow_row(r) for r in rows]
+        return [self._wf(r) for r in rows]
 
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
@@ -376,7 +378,7 @@ class SQLiteStore(SQLiteWaiting):
             with self._transaction(conn):
                 return conn.execute(sql, params).fetchall()
 
-        return [workflow_row(r) for r in self._run(claim)]
+        return [self._wf(r) for r in self._run(claim)]
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name."""
