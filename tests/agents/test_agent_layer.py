@@ -2,7 +2,8 @@
 server (tests/apps/fake_llm.py) that counts requests. Every test runs on both backends.
 
 What is proved: model calls are journaled steps whose responses replay as the SDK's own types
-without a request; perdure (not the SDK) retries a 429 with Retry-After; tools get a schema, a
+without a request; perdure (not the SDK) retries a 429 with Retry-After and 5xx answers, never
+a 400; tools get a schema, a
 stable idempotency key and an approval gate; the agent loop works for OpenAI chat and
 Anthropic messages, sync and async; no API key reaches the journal; a 100-turn conversation
 journals O(total size), not O(turns²).
@@ -168,6 +169,47 @@ def test_a_429_is_retried_by_perdure_honouring_retry_after(
     assert attempt.error is not None and "RateLimitError" in attempt.error.type
 
 
+@perdure.workflow(name="agents_status_errors")
+def status_errors(openai_url: str, anthropic_url: str) -> list[str]:
+    gpt = agents.durable(openai.OpenAI(base_url=openai_url, api_key=OPENAI_KEY), retry=FAST)
+    claude = agents.durable(
+        anthropic.Anthropic(base_url=anthropic_url, api_key=ANTHROPIC_KEY), retry=FAST
+    )
+    said = gpt.chat.completions.create(model="m", messages=[{"role": "user", "content": "y"}])
+    wrote = claude.messages.create(
+        model="c", max_tokens=50, messages=[{"role": "user", "content": "z"}]
+    )
+    return [str(said.choices[0].message.content), str(getattr(wrote.content[0], "text", ""))]
+
+
+@perdure.workflow(name="agents_bad_request")
+def bad_request(openai_url: str) -> str:
+    gpt = agents.durable(openai.OpenAI(base_url=openai_url, api_key=OPENAI_KEY), retry=FAST)
+    try:  # a 400 is the request's own fault: raised at once, not retried
+        gpt.chat.completions.create(model="m", messages=[{"role": "user", "content": "bad"}])
+    except openai.BadRequestError as exc:
+        return type(exc).__name__
+    return "sent"
+
+
+def test_5xx_answers_are_retried_and_a_400_is_not_on_both_sdks(
+    engine: perdure.Engine, server: FakeLLM
+) -> None:
+    server.fail_next(500, path=CHAT)
+    server.fail_next(503, path=MESSAGES)
+    out = engine.run(status_errors, server.openai_url, server.anthropic_url, id="5xx", timeout=30)
+    assert out[0].startswith("hello") and out[1].startswith("hello")
+    failed = sorted(a.error.type.rpartition(".")[2] for a in engine.list_attempts("5xx") if a.error)
+    assert failed == ["InternalServerError", "ServiceUnavailableError"]  # one retry per 5xx
+    assert server.count(CHAT) == 2 and server.count(MESSAGES) == 2
+
+    server.fail_next(400, times=5, path=CHAT)
+    assert engine.run(bad_request, server.openai_url, id="400", timeout=30) == "BadRequestError"
+    assert server.count(CHAT) == 3  # sent once: neither perdure nor the SDK retried it
+    [errored] = engine.list_steps("400")
+    assert errored.status == "ERROR" and errored.attempts == 1 and errored.error is not None
+
+
 # -- Anthropic messages, and async clients -----------------------------------------------------
 
 
@@ -249,8 +291,16 @@ def test_approval_resumes_and_rejection_goes_back_to_the_model(
     assert pending.name == "tool:wire@1"  # named by the replay key of its request
     assert pending.details["arguments"] == {"amount": 0} and pending.details["tool"] == "wire"
     assert tool_runs == []  # nothing ran before the decision
+    import subprocess
+
+    perdure_cli = [sys.executable, "-m", "perdure.cli"]
+    listed = subprocess.run([*perdure_cli, "approvals", "--json", "--db", engine.url],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    [shown] = json.loads(listed)  # what an operator sees: the proposed call
+    assert shown["name"] == "tool:wire@1" and shown["details"]["arguments"] == {"amount": 0}
     if decision == "approve":
-        engine.approve(handle.id, pending.name, by="ops")
+        subprocess.run([*perdure_cli, "approve", handle.id, pending.name, "--by", "ops",
+                        "--db", engine.url], capture_output=True, check=True)  # fmt: skip
         assert handle.result(timeout=20) == "done after 1 tool results: wired 0"
         assert tool_runs == ["wire 0"]
     else:
