@@ -38,6 +38,7 @@ from ._errors import (
     WorkflowNotFound,
 )
 from ._handle import WorkflowHandle
+from ._operations import failed_position
 from ._queues import Queue, registered_queues, resolve_queue
 from ._records import (
     bind_inputs,
@@ -400,17 +401,20 @@ class Engine(EngineOperations):
             self._signal_cancel(workflow_id)
         return row.status
 
-    def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
+    def resume(self, workflow_id: str, retry_failed_step: bool = False) -> WorkflowHandle[Any]:
         """Run a workflow that ended in ERROR, CANCELLED or DEAD_LETTER again, from its journal:
         recorded steps replay, the rest runs (after a code fix, say, or for a poison workflow
-        whose cause is gone). A recorded step failure replays as a failure.
+        whose cause is gone). A recorded step failure replays as a failure, unless
+        ``retry_failed_step``: then the last failed step, and anything journaled after it,
+        is forgotten first, and that step runs again.
 
         Raises:
             WorkflowNotFound: no such workflow.
             ConfigurationError: it is running, pending or succeeded.
         """
         info = self.get_workflow(workflow_id)
-        if not self.store.reset_workflow(workflow_id):
+        position = failed_position(self.store, workflow_id) if retry_failed_step else None
+        if not self.store.reset_workflow(workflow_id, position):
             raise ConfigurationError(
                 f"workflow {workflow_id!r} is {info.status}: only ERROR, CANCELLED and "
                 "DEAD_LETTER workflows can be resumed"

@@ -232,9 +232,14 @@ class Store(Protocol):
         """Return the workflow with this id, or None."""
 
     def list_workflows(
-        self, status: WorkflowStatus | None, name: str | None, limit: int
+        self,
+        status: WorkflowStatus | None,
+        name: str | None,
+        limit: int,
+        created_after: float | None = None,
     ) -> list[WorkflowRow]:
-        """Newest first, filtered by status and name when given."""
+        """Newest first, filtered by status, name and creation time (at or after
+        ``created_after``) when given."""
 
     def load_steps(self, workflow_id: str) -> list[StepRow]:
         """The workflow's journal, by position."""
@@ -376,9 +381,13 @@ class Store(Protocol):
             OwnershipLost: the lease is not current.
         """
 
-    def reset_workflow(self, workflow_id: str) -> bool:
-        """Make an ERROR, CANCELLED or DEAD_LETTER workflow runnable again: PENDING, no
-        owner, no outcome, no pending cancel, stalls cleared. Its journal is untouched.
+    def reset_workflow(self, workflow_id: str, from_position: int | None = None) -> bool:
+        """Make an ERROR, CANCELLED or DEAD_LETTER workflow runnable again: PENDING (back in
+        its queue if it never left it), no owner, no outcome, no pending cancel, stalls
+        cleared. Its journal is untouched, unless ``from_position`` is given: then, in the
+        same transaction, the entries from that position on are forgotten, with the failed
+        attempts of their steps, and the messages those steps consumed are unconsumed (the
+        steps run again when the workflow resumes).
 
         Returns whether it was reset (False: unknown, or not in one of those states).
         """

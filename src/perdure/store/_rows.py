@@ -114,6 +114,27 @@ def step_row(r: Sequence[Any]) -> StepRow:
         ) from exc
 
 
+def rewind_journal(conn: Any, mark: str, workflow_id: str, position: int) -> None:
+    """Inside the caller's transaction: forget the workflow's journal from ``position`` on,
+    the failed attempts of the steps forgotten, and give back the messages those steps had
+    consumed (a re-executed ``receive`` gets the same message again)."""
+    later = f"SELECT key FROM steps WHERE workflow_id = {mark} AND position >= {mark}"
+    conn.execute(
+        f"UPDATE messages SET consumed_by = NULL WHERE workflow_id = {mark} "
+        f"AND consumed_by IN ({later})",
+        (workflow_id, workflow_id, position),
+    )
+    conn.execute(
+        f"DELETE FROM steps WHERE workflow_id = {mark} AND position >= {mark}",
+        (workflow_id, position),
+    )
+    conn.execute(  # also the attempts of a step that never got a journal entry
+        f"DELETE FROM step_attempts WHERE workflow_id = {mark} AND key NOT IN "
+        f"(SELECT key FROM steps WHERE workflow_id = {mark})",
+        (workflow_id, workflow_id),
+    )
+
+
 def attempt_rows(workflow_id: str, rows: Sequence[Sequence[Any]]) -> list[AttemptRow]:
     """Attempt rows from tuples in ``ATTEMPT_COLUMNS`` order."""
     try:

@@ -59,6 +59,7 @@ from ._rows import (
     UNFINISHED,
     WF_COLUMNS,
     attempt_rows,
+    rewind_journal,
     step_row,
     step_values,
     workflow_row,
@@ -144,10 +145,18 @@ class PostgresStore(PgWaiting, PgLimits):
         return None if found is None else self._wf(found)
 
     def list_workflows(
-        self, status: WorkflowStatus | None, name: str | None, limit: int
+        self,
+        status: WorkflowStatus | None,
+        name: str | None,
+        limit: int,
+        created_after: float | None = None,
     ) -> list[WorkflowRow]:
-        """Newest first, filtered by status and name when given."""
-        clauses, params = [], []
+        """Newest first, filtered by status, name and creation time when given."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if created_after is not None:
+            clauses.append("created_at >= %s")
+            params.append(created_after)
         if status is not None:
             clauses.append("status = %s")
             params.append(status.value)
@@ -201,30 +210,48 @@ class PostgresStore(PgWaiting, PgLimits):
         if self._run(finish, settled) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
-    def reset_workflow(self, workflow_id: str) -> bool:
-        """Make a finished, unsuccessful workflow runnable again (see the protocol)."""
-        return (
-            self._rowcount(
-                f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, output = NULL, "
-                f"error = NULL, stalls = 0, cancel_requested = 0, updated_at = {_NOW} "
-                "WHERE id = %s AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
-                (workflow_id,),
-                self._was_reset(workflow_id),
-            )
-            == 1
-        )
+    def reset_workflow(self, workflow_id: str, from_position: int | None = None) -> bool:
+        """Make a finished, unsuccessful workflow runnable again (see the protocol); workers
+        are notified at once."""
+
+        def reset(conn: Conn) -> bool:
+            with conn.transaction():
+                count = conn.execute(
+                    f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, "
+                    f"output = NULL, error = NULL, stalls = 0, cancel_requested = 0, "
+                    f"updated_at = {_NOW} WHERE id = %s "
+                    "AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
+                    (workflow_id,),
+                ).rowcount
+                if count == 1:
+                    if from_position is not None:
+                        rewind_journal(conn, "%s", workflow_id, from_position)
+                    self._notify(conn)
+                return bool(count == 1)
+
+        return self._run(reset, self._was_reset(workflow_id, from_position))
 
     @staticmethod
-    def _was_reset(workflow_id: str) -> Callable[[Conn], Any]:
-        """``settled`` for a reset: the workflow is runnable, unowned, with no outcome."""
+    def _was_reset(workflow_id: str, from_position: int | None) -> Callable[[Conn], Any]:
+        """``settled`` for a reset: the workflow is runnable, unowned, with no outcome (and
+        nothing journaled from ``from_position`` on)."""
+
+        rewound = (
+            ""
+            if from_position is None
+            else (
+                "AND NOT EXISTS (SELECT 1 FROM steps WHERE workflow_id = %(id)s "
+                "AND position >= %(position)s)"
+            )
+        )
 
         def settled(conn: Conn) -> Any:
             found = conn.execute(
-                "SELECT 1 FROM workflows WHERE id = %s AND status IN ('PENDING', 'ENQUEUED') "
-                "AND owner IS NULL AND output IS NULL AND error IS NULL",
-                (workflow_id,),
+                "SELECT 1 FROM workflows WHERE id = %(id)s AND status IN ('PENDING', "
+                f"'ENQUEUED') AND owner IS NULL AND output IS NULL AND error IS NULL {rewound}",
+                {"id": workflow_id, "position": from_position},
             ).fetchone()
-            return 1 if found is not None else _UNSETTLED
+            return True if found is not None else _UNSETTLED
 
         return settled
 

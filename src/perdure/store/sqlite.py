@@ -37,6 +37,7 @@ from ._rows import (
     UNFINISHED,
     WF_COLUMNS,
     attempt_rows,
+    rewind_journal,
     step_values,
     workflow_values,
 )
@@ -97,10 +98,18 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         return None if found is None else self._wf(found)
 
     def list_workflows(
-        self, status: WorkflowStatus | None, name: str | None, limit: int
+        self,
+        status: WorkflowStatus | None,
+        name: str | None,
+        limit: int,
+        created_after: float | None = None,
     ) -> list[WorkflowRow]:
-        """Newest first, filtered by status and name when given."""
-        clauses, params = [], []
+        """Newest first, filtered by status, name and creation time when given."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if created_after is not None:
+            clauses.append("created_at >= ?")
+            params.append(created_after)
         if status is not None:
             clauses.append("status = ?")
             params.append(status.value)
@@ -143,17 +152,23 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         if self._run(finish) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
-    def reset_workflow(self, workflow_id: str) -> bool:
+    def reset_workflow(self, workflow_id: str, from_position: int | None = None) -> bool:
         """Make a finished, unsuccessful workflow runnable again (see the protocol)."""
-        cur = self._run(
-            lambda c: c.execute(
-                f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, output = NULL, "
-                "error = NULL, stalls = 0, cancel_requested = 0, updated_at = ? "
-                "WHERE id = ? AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
-                (time.time(), workflow_id),
-            )
-        )
-        return bool(cur.rowcount == 1)
+
+        def reset(conn: sqlite3.Connection) -> bool:
+            with self._transaction(conn):
+                count = conn.execute(
+                    f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, "
+                    "output = NULL, error = NULL, stalls = 0, cancel_requested = 0, "
+                    "updated_at = ? WHERE id = ? "
+                    "AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
+                    (time.time(), workflow_id),
+                ).rowcount
+                if count == 1 and from_position is not None:
+                    rewind_journal(conn, "?", workflow_id, from_position)
+                return bool(count == 1)
+
+        return self._run(reset)
 
     def release_workflow(self, workflow_id: str, lease: Lease, stalled: bool = False) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current."""

@@ -1,0 +1,252 @@
+"""Admin operations: what an operator can do to the workflows of one database.
+
+The ``perdure`` command and the HTTP API both go through :class:`Operations`, so the two never
+disagree on what "resume" means or on what ``show`` reports. It speaks in the public records
+(:class:`~perdure.WorkflowInfo`, :class:`~perdure.StepInfo`, ...) and JSON-ready dicts, and
+works on a bare store (the CLI: no engine, so it never joins as a worker) or through an open
+engine (``perdure serve``: the engine also runs what it starts or resumes).
+
+Errors are perdure's own and map to stable codes (:func:`error_code`), which the CLI turns
+into exit codes and the API into HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import _admin, _signals
+from ._errors import (
+    ConfigurationError,
+    PerdureError,
+    SerializationError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownWorkflowError,
+    WorkflowConflictError,
+    WorkflowNotFound,
+)
+from ._records import AttemptInfo, StepInfo, WorkflowInfo
+from ._signals import ApprovalInfo, ApprovalNotPending
+from ._usage import REPLAY_EVENT, Usage, replay_saved, usage
+from .store import StepStatus, Store, WorkflowStatus
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+#: statuses a workflow can be resumed or retried from
+RESUMABLE = (WorkflowStatus.ERROR, WorkflowStatus.CANCELLED, WorkflowStatus.DEAD_LETTER)
+
+
+class WorkflowStateError(PerdureError):
+    """The workflow is not in a state that allows the operation (resuming a running one)."""
+
+
+class Operations:
+    """The admin operations on one store (see the module docs).
+
+    Args:
+        store: the database's store.
+        engine: an open engine on the same database, when this process is a worker: starts
+            need it (the workflow must be registered here), and resumes run at once in it.
+    """
+
+    def __init__(self, store: Store, engine: Engine | None = None) -> None:
+        self.store = store
+        self.engine = engine
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def list_workflows(
+        self,
+        status: WorkflowStatus | str | None = None,
+        name: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int = _admin.DEFAULT_LIMIT,
+    ) -> list[WorkflowInfo]:
+        """Workflows, newest first, filtered by status, exact name and creation time."""
+        if limit < 1:
+            raise ConfigurationError(f"limit must be at least 1, not {limit}")
+        if since is not None and since.tzinfo is None:
+            raise ConfigurationError(f"since must carry a time zone, not {since.isoformat()}")
+        wanted = _admin.parse_status(status)
+        after = None if since is None else since.timestamp()
+        rows = self.store.list_workflows(wanted, name, limit, after)
+        return [WorkflowInfo.from_row(row) for row in rows]
+
+    def get(self, workflow_id: str) -> WorkflowInfo:
+        """One workflow. Raises WorkflowNotFound."""
+        return _admin.get_workflow(self.store, workflow_id)
+
+    def describe(self, workflow_id: str) -> dict[str, Any]:
+        """A workflow with its journal, failed attempts, steps waiting to be retried and
+        token usage, as JSON-ready data (``perdure show --json`` and ``GET
+        /api/v1/workflows/{id}``)."""
+        info, steps, _, pending, used, saved = self.inspect(workflow_id)
+        data = _admin.workflow_to_dict(info)
+        data["steps"] = [_admin.step_to_dict(step) for step in steps]
+        data["retrying"] = [_admin.retrying_to_dict(failures) for failures in pending]
+        data["usage"] = {
+            **usage_to_dict(used),
+            "saved_by_replay": usage_to_dict(saved),
+            "by_model": {m: usage_to_dict(u) for m, u in sorted(used.by_model.items())},
+        }
+        return data
+
+    def inspect(
+        self, workflow_id: str
+    ) -> tuple[
+        WorkflowInfo, list[StepInfo], list[AttemptInfo], list[list[AttemptInfo]], Usage, Usage
+    ]:
+        """A workflow, its steps, its failed attempts, the attempts of the steps waiting to
+        be retried, the tokens its model calls used, and what replay saved."""
+        info = self.get(workflow_id)
+        # Attempts first: a step committed in between then counts as done, not as retrying.
+        attempts = _admin.list_attempts(self.store, workflow_id)
+        steps = _admin.list_steps(self.store, workflow_id)
+        saved = replay_saved(self.store.get_event(workflow_id, REPLAY_EVENT))
+        return info, steps, attempts, pending_retries(steps, attempts), usage(steps), saved
+
+    def result(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow's status and, once it ended, its result or error, as JSON data."""
+        info = self.get(workflow_id)
+        data: dict[str, Any] = {"id": info.id, "status": info.status.value}
+        if info.status is WorkflowStatus.SUCCESS:
+            data["output"] = _admin.to_jsonable(info.output)
+        elif info.error is not None:
+            data["error"] = {"type": info.error.type, "message": info.error.message}
+        return data
+
+    def approvals(self, pending_only: bool = True, limit: int = 100) -> list[ApprovalInfo]:
+        """Approvals, newest first: only those waiting for a decision unless told otherwise."""
+        if limit < 1:
+            raise ConfigurationError(f"limit must be at least 1, not {limit}")
+        return _signals.list_approvals(self.store, pending_only, limit)
+
+    # -- acting ----------------------------------------------------------------------------
+
+    def start(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+    ) -> WorkflowInfo:
+        """Start (or, with ``queue``, enqueue) a workflow registered in this process.
+
+        Raises:
+            ConfigurationError: no engine here (start needs the workflow's code).
+            UnknownWorkflowError: no workflow of that name is registered here.
+            WorkflowConflictError: the id exists with another name or other inputs.
+        """
+        if self.engine is None:
+            raise ConfigurationError(
+                "starting a workflow needs its code: run the server with --app MODULE so the "
+                "workflow is registered in it"
+            )
+        if queue is not None:
+            handle = self.engine.enqueue(queue, name, *args, id=workflow_id, **(kwargs or {}))
+        else:
+            handle = self.engine.start(name, *args, id=workflow_id, **(kwargs or {}))
+        return self.get(handle.id)
+
+    def cancel(self, workflow_id: str) -> WorkflowStatus:
+        """Ask a workflow to stop (see :meth:`perdure.Engine.cancel`); returns its status when
+        the request was recorded. A finished workflow is left as it is."""
+        if self.engine is not None:
+            return self.engine.cancel(workflow_id)
+        row = self.store.request_cancel(workflow_id)
+        if row is None:
+            raise WorkflowNotFound(workflow_id)
+        return row.status
+
+    def resume(self, workflow_id: str, retry_failed_step: bool = False) -> WorkflowInfo:
+        """Run an ERROR, CANCELLED or DEAD_LETTER workflow again from its journal. With
+        ``retry_failed_step``, its last failed step (and anything journaled after it) is
+        forgotten first, so that step runs again instead of replaying its failure.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+            WorkflowStateError: it is not in one of those states.
+        """
+        info = self.get(workflow_id)
+        if info.status not in RESUMABLE:
+            raise WorkflowStateError(
+                f"workflow {workflow_id!r} is {info.status.value}: only ERROR, CANCELLED and "
+                "DEAD_LETTER workflows can be resumed or retried"
+            )
+        if self.engine is not None:
+            self.engine.resume(workflow_id, retry_failed_step=retry_failed_step)
+        else:
+            position = failed_position(self.store, workflow_id) if retry_failed_step else None
+            if not self.store.reset_workflow(workflow_id, position):
+                raise WorkflowStateError(f"workflow {workflow_id!r} changed state meanwhile")
+        return self.get(workflow_id)
+
+    def send(
+        self, workflow_id: str, topic: str, payload: Any, idempotency_key: str | None = None
+    ) -> bool:
+        """Queue a message for a workflow; False if a message with that key was sent before."""
+        return _signals.send(self.store, workflow_id, topic, payload, idempotency_key)
+
+    def decide(
+        self,
+        workflow_id: str,
+        name: str,
+        approved: bool,
+        by: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        """Approve or reject a pending approval. Raises ApprovalNotPending."""
+        _signals.decide(self.store, workflow_id, name, approved, by, comment)
+
+
+def failed_position(store: Store, workflow_id: str) -> int | None:
+    """The journal position of the workflow's last failed step, or None if no step failed
+    (the workflow's own code raised, or it was cancelled)."""
+    failed = [row.position for row in store.load_steps(workflow_id)
+              if row.status is StepStatus.ERROR]  # fmt: skip
+    return max(failed) if failed else None
+
+
+def pending_retries(
+    steps: Sequence[StepInfo], attempts: Sequence[AttemptInfo]
+) -> list[list[AttemptInfo]]:
+    """The failed attempts of each step that has no journal entry yet (it waits for its next
+    attempt, or waited when the workflow ended), in the order they first failed."""
+    done = {s.key for s in steps}
+    pending: dict[str, list[AttemptInfo]] = {}
+    for attempt in attempts:
+        if attempt.key not in done:
+            pending.setdefault(attempt.key, []).append(attempt)
+    return list(pending.values())
+
+
+def usage_to_dict(used: Usage) -> dict[str, int]:
+    """Token figures as JSON data."""
+    return {"model_calls": used.calls, "input_tokens": used.input_tokens,
+            "output_tokens": used.output_tokens}  # fmt: skip
+
+
+#: stable error codes, most specific first: (exception class, code, HTTP status, CLI exit code)
+ERROR_CODES: tuple[tuple[type[BaseException], str, int, int], ...] = (
+    (WorkflowNotFound, "workflow_not_found", 404, 1),
+    (ApprovalNotPending, "approval_not_pending", 409, 1),
+    (UnknownWorkflowError, "unknown_workflow", 404, 1),
+    (WorkflowConflictError, "workflow_conflict", 409, 1),
+    (WorkflowStateError, "invalid_state", 409, 1),
+    (SerializationError, "invalid_payload", 400, 2),
+    (ConfigurationError, "invalid_request", 400, 2),
+    (StoreUnavailableError, "store_unavailable", 503, 3),
+    (StoreError, "store_error", 500, 3),
+)
+
+
+def error_code(exc: BaseException) -> tuple[str, int, int]:
+    """The stable (code, HTTP status, CLI exit code) of an error an operation raised."""
+    for cls, code, status, exit_code in ERROR_CODES:
+        if isinstance(exc, cls):
+            return code, status, exit_code
+    return "error", 500, 1
