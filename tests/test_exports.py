@@ -14,7 +14,7 @@ PUBLIC = {
     "SerializationError", "StepError", "StepFailedError", "StepInfo", "StepStatus",
     "StepTimeoutError", "StoreError", "StoreUnavailableError", "TransientError",
     "UnknownWorkflowError", "WorkflowCancelled", "WorkflowCancelledError",
-    "WorkflowConflictError", "WorkflowFailedError", "WorkflowHandle", "WorkflowInfo",
+    "WorkflowConflictError", "WorkflowStateError", "WorkflowFailedError", "WorkflowHandle", "WorkflowInfo",
     "WorkflowInterrupted", "WorkflowNotFound", "WorkflowStatus", "WorkflowSuspended",
     "__version__", "compensate", "connection", "idempotency_key", "now", "random",
     "receive", "receive_async", "register_classifier", "set_event", "sleep", "sleep_async",

@@ -36,6 +36,7 @@ from ._errors import (
     WorkflowFailedError,
     WorkflowInterrupted,
     WorkflowNotFound,
+    WorkflowStateError,
     WorkflowSuspended,
 )
 from ._handle import AsyncWorkflowHandle, WorkflowHandle
@@ -105,6 +106,7 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowInterrupted",
     "WorkflowNotFound",
+    "WorkflowStateError",
     "WorkflowStatus",
     "WorkflowSuspended",
     "__version__",

@@ -114,6 +114,10 @@ class WorkflowConflictError(PerdureError):
     """A workflow id was reused with a different workflow name or different inputs."""
 
 
+class WorkflowStateError(PerdureError):
+    """The workflow is not in a state that allows the operation (resuming a running one)."""
+
+
 class WorkflowFailedError(PerdureError):
     """A workflow ended in error and its original exception could not be rebuilt here.
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from . import _admin, _signals
 from ._errors import (
     ConfigurationError,
-    PerdureError,
     SerializationError,
     StoreError,
     StoreUnavailableError,
     UnknownWorkflowError,
     WorkflowConflictError,
     WorkflowNotFound,
+    WorkflowStateError,
 )
 from ._records import AttemptInfo, StepInfo, WorkflowInfo
 from ._signals import ApprovalInfo, ApprovalNotPending
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 
 #: statuses a workflow can be resumed or retried from
 RESUMABLE = (WorkflowStatus.ERROR, WorkflowStatus.CANCELLED, WorkflowStatus.DEAD_LETTER)
-
-
-class WorkflowStateError(PerdureError):
-    """The workflow is not in a state that allows the operation (resuming a running one)."""
 
 
 class Operations:
