@@ -40,6 +40,7 @@ from ._errors import (
     WorkflowSuspended,
 )
 from ._handle import AsyncWorkflowHandle, WorkflowHandle
+from ._logging import JsonLogFormatter, LogContextFilter
 from ._queues import Queue
 from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from ._retry import DEFAULT_RETRY, NO_RETRY, Failure, FailureKind, RetryPolicy, register_classifier
@@ -80,6 +81,8 @@ __all__ = [
     "ErrorInfo",
     "Failure",
     "FailureKind",
+    "JsonLogFormatter",
+    "LogContextFilter",
     "NonDeterminismError",
     "PerdureError",
     "PermanentError",

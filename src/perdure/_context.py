@@ -43,6 +43,8 @@ from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store,
 _current: ContextVar[WorkflowContext | None] = ContextVar("perdure_workflow", default=None)
 #: the replay key of the step whose body is running (None outside step bodies)
 _in_step: ContextVar[str | None] = ContextVar("perdure_in_step", default=None)
+#: the name of the step whose attempt is running (None outside steps): log records carry it
+_step_name: ContextVar[str | None] = ContextVar("perdure_step_name", default=None)
 _branch: ContextVar[Branch | None] = ContextVar("perdure_branch", default=None)
 
 

@@ -142,6 +142,13 @@ class Operations:
                 "starting a workflow needs its code: run the server with --app MODULE so the "
                 "workflow is registered in it"
             )
+        taken = {"id", "priority"} if queue is not None else {"id"}
+        clash = sorted(taken & set(kwargs or {}))
+        if clash:
+            raise ConfigurationError(
+                f"workflow argument {clash[0]!r} cannot be passed by keyword here (the name is "
+                "taken by the start call itself): pass it positionally in args"
+            )
         if queue is not None:
             handle = self.engine.enqueue(queue, name, *args, id=workflow_id, **(kwargs or {}))
         else:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import _context, _runner
+from . import _context, _runner, _tracing
 from ._clock import Clock
 from ._context import WorkflowContext
 from ._decorators import WorkflowSpec
@@ -52,6 +52,8 @@ class Run:
     ctx: WorkflowContext | None = None
     fresh: bool = False  # just created: no journal to read
     queue: str | None = None  # the queue it was taken from: its end frees a slot
+    caller: Any = None  # the OpenTelemetry context of whoever started it (first run only)
+    trace: _tracing.RunSpan | None = None  # this run's span, when tracing is on
 
 
 class Runner:
@@ -197,6 +199,8 @@ class Runner:
         lease = row.lease
         assert lease is not None
         run = Run(row.id, fresh=fresh, queue=row.queue)
+        if fresh:
+            run.caller = _tracing.caller_context()
         with self._lock:
             # A run still here for this id lost its lease (another worker took the workflow,
             # then this one claimed it back): it is fenced off and finishes on its own.
@@ -234,6 +238,9 @@ class Runner:
             max_entry_bytes=self._max_entry_bytes,
         )  # fmt: skip
         run.ctx = ctx
+        run.trace = _tracing.begin_run(
+            self.store, row, fresh=run.fresh, replayed=len(journal), caller=run.caller
+        )
         return ctx
 
     def _note_replay(self, workflow_id: str, journal: list[Any]) -> None:
@@ -258,7 +265,8 @@ class Runner:
         finished = crashed = False
         try:
             ctx = self._context(row, lease, run)
-            self.finish(row.id, lease, _runner.run_sync(ctx, spec, args, kwargs))
+            outcome = _tracing.traced(run.trace, _runner.run_sync, ctx, spec, args, kwargs)
+            self.finish(row.id, lease, outcome)
             finished = True
         except WorkflowSuspended as wait:
             finished = self._suspend(row.id, lease, wait)
@@ -286,7 +294,8 @@ class Runner:
         try:
             ctx = await loop.run_in_executor(self._io, self._context, row, lease, run)
             try:
-                outcome = await _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
+                body = _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
+                outcome = await _tracing.traced_async(run.trace, body)
             except WorkflowSuspended as wait:
                 finished = await loop.run_in_executor(self._io, self._suspend, row.id, lease, wait)
                 return

@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import _serialize
+from . import _serialize, _tracing
 from ._context import WorkflowContext, _in_step, current
 from ._decorators import StepSpec
 from ._errors import (
@@ -105,29 +105,33 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
             ctx.clock.sleep(earlier[-1].retry_at - ctx.clock.time(), ctx.wake)
         ctx.check_can_start_step()
         started = ctx.clock.time()
-        token = _in_step.set(key)
-        try:
-            if spec.transactional:
-                committed = _run_transaction(ctx, key, spec, args, kwargs, started, earlier)
-                return ctx.decode(committed, spec.return_hint())
-            value = _invoke_sync(spec, args, kwargs, ctx.step_timeout(spec))
-        except Exception as exc:
-            if isinstance(exc, _BodyFailed):
-                exc = exc.error
-            elif spec.transactional:
-                raise  # not the body's failure (its result cannot be journaled, say)
-            plan = _plan(ctx, key, spec, exc, earlier, started)
-            if isinstance(plan, _GiveUp):
-                ctx.commit(plan.row)
-                raise plan.error from exc
-            ctx.commit_attempt(plan.attempt)
-            earlier = [*earlier, plan.attempt]
-            continue
-        finally:
-            _in_step.reset(token)
-        row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
-        ctx.commit(row)
-        return ctx.decode(row, spec.return_hint())
+        with _tracing.attempt(ctx.workflow_id, key, spec.name, len(earlier) + 1) as attempt:
+            token = _in_step.set(key)
+            try:
+                if spec.transactional:
+                    committed = _run_transaction(ctx, key, spec, args, kwargs, started, earlier)
+                    attempt.succeeded(committed.output)
+                    return ctx.decode(committed, spec.return_hint())
+                value = _invoke_sync(spec, args, kwargs, ctx.step_timeout(spec))
+            except Exception as exc:
+                if isinstance(exc, _BodyFailed):
+                    exc = exc.error
+                elif spec.transactional:
+                    raise  # not the body's failure (its result cannot be journaled, say)
+                plan = _plan(ctx, key, spec, exc, earlier, started)
+                attempt.failed(exc, retrying=isinstance(plan, _Retry))
+                if isinstance(plan, _GiveUp):
+                    ctx.commit(plan.row)
+                    raise plan.error from exc
+                ctx.commit_attempt(plan.attempt)
+                earlier = [*earlier, plan.attempt]
+                continue
+            finally:
+                _in_step.reset(token)
+            row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+            ctx.commit(row)
+            attempt.succeeded(row.output)
+            return ctx.decode(row, spec.return_hint())
 
 
 class _BodyFailed(Exception):
@@ -251,24 +255,27 @@ async def _run_step_async(
             _cancelled_here(ctx)
         ctx.check_can_start_step()
         started = ctx.clock.time()
-        token = _in_step.set(key)
-        try:
-            value = await _invoke_async(spec, args, kwargs, ctx.step_timeout(spec))
-        except asyncio.CancelledError:
-            _cancelled_here(ctx)
-        except Exception as exc:
-            plan = _plan(ctx, key, spec, exc, earlier, started)
-            if isinstance(plan, _GiveUp):
-                await ctx.commit_async(plan.row)
-                raise plan.error from exc
-            await ctx.commit_attempt_async(plan.attempt)
-            earlier = [*earlier, plan.attempt]
-            continue
-        finally:
-            _in_step.reset(token)
-        row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
-        await ctx.commit_async(row)
-        return ctx.decode(row, spec.return_hint())
+        with _tracing.attempt(ctx.workflow_id, key, spec.name, len(earlier) + 1) as attempt:
+            token = _in_step.set(key)
+            try:
+                value = await _invoke_async(spec, args, kwargs, ctx.step_timeout(spec))
+            except asyncio.CancelledError:
+                _cancelled_here(ctx)
+            except Exception as exc:
+                plan = _plan(ctx, key, spec, exc, earlier, started)
+                attempt.failed(exc, retrying=isinstance(plan, _Retry))
+                if isinstance(plan, _GiveUp):
+                    await ctx.commit_async(plan.row)
+                    raise plan.error from exc
+                await ctx.commit_attempt_async(plan.attempt)
+                earlier = [*earlier, plan.attempt]
+                continue
+            finally:
+                _in_step.reset(token)
+            row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+            await ctx.commit_async(row)
+            attempt.succeeded(row.output)
+            return ctx.decode(row, spec.return_hint())
 
 
 def _cancelled_here(ctx: WorkflowContext) -> NoReturn:

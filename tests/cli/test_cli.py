@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_env, one_error_line
+from cli_helpers import run_cli as perdure
 
 FLOWS = textwrap.dedent(
     '''
@@ -286,7 +287,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Db:
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(),
+        env=cli_env(),
     )
     assert done.returncode == 0, done.stderr
     return Db(folder, url, done.stdout.strip())
@@ -303,38 +304,10 @@ def failures_db(db: Db) -> str:
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(),
+        env=cli_env(),
     )
     assert done.returncode == 0, done.stderr
     return url
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PERDURE_DB", "COLUMNS")}
-    env.update(extra)
-    return env
-
-
-def perdure(
-    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the real command line, as ``python -m perdure.cli ARGS``."""
-    return subprocess.run(
-        [sys.executable, "-m", "perdure.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(env) if env is not None else _env(),
-    )
-
-
-def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("perdure: ")
-    assert done.stdout == ""
-    return lines[0]
 
 
 def _section(stdout: str, title: str) -> list[str]:
@@ -368,7 +341,7 @@ def _attempt_lines(stdout: str, title: str = "Steps (") -> list[str]:
 
 
 def test_list_prints_a_table_newest_first(db: Db) -> None:
-    done = perdure("list", "--db", db.url, env=_env(COLUMNS="200"))
+    done = perdure("list", "--db", db.url, env=cli_env(COLUMNS="200"))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     lines = done.stdout.splitlines()
@@ -384,7 +357,7 @@ def test_list_prints_a_table_newest_first(db: Db) -> None:
 
 def test_list_fits_the_terminal(db: Db) -> None:
     for columns in (60, 80, 100):
-        done = perdure("list", "--db", db.url, env=_env(COLUMNS=str(columns)))
+        done = perdure("list", "--db", db.url, env=cli_env(COLUMNS=str(columns)))
         assert done.returncode == 0, done.stderr
         assert all(len(line) <= columns for line in done.stdout.splitlines()), done.stdout
         assert "order-42" in done.stdout
@@ -447,10 +420,10 @@ def test_list_filters(db: Db) -> None:
 
 
 def test_database_from_environment(db: Db, tmp_path: Path) -> None:
-    done = perdure("list", "--json", cwd=tmp_path, env=_env(PERDURE_DB=db.url))
+    done = perdure("list", "--json", cwd=tmp_path, env=cli_env(PERDURE_DB=db.url))
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)) == 3
-    flag_wins = perdure("show", "order-42", "--db", db.url, env=_env(PERDURE_DB="bogus"))
+    flag_wins = perdure("show", "order-42", "--db", db.url, env=cli_env(PERDURE_DB="bogus"))
     assert flag_wins.returncode == 0, flag_wins.stderr
 
 
@@ -494,7 +467,7 @@ def test_show_prints_header_and_timeline(db: Db) -> None:
 
 
 def test_show_fits_the_terminal(db: Db) -> None:
-    done = perdure("show", "order-42", "--db", db.url, env=_env(COLUMNS="80"))
+    done = perdure("show", "order-42", "--db", db.url, env=cli_env(COLUMNS="80"))
     assert done.returncode == 0, done.stderr
     assert all(len(line) <= 80 for line in done.stdout.splitlines()), done.stdout
 
@@ -635,7 +608,7 @@ def test_show_cancelled_workflow(failures_db: str) -> None:
 
 
 def test_list_shows_cancelled_and_dead_lettered_workflows(failures_db: str) -> None:
-    done = perdure("list", "--db", failures_db, env=_env(COLUMNS="200"))
+    done = perdure("list", "--db", failures_db, env=cli_env(COLUMNS="200"))
     assert done.returncode == 0, done.stderr
     status = {row[0]: row[2] for row in (line.split() for line in done.stdout.splitlines()[1:])}
     assert status == {
@@ -692,7 +665,9 @@ def test_show_key_column_for_branch_steps(failures_db: str) -> None:
 def test_show_with_attempts_fits_the_terminal(failures_db: str) -> None:
     for workflow_id in ("order-retried", "order-waiting", "order-dead", "order-branches"):
         for columns in (60, 80, 120):
-            done = perdure("show", workflow_id, "--db", failures_db, env=_env(COLUMNS=str(columns)))
+            done = perdure(
+                "show", workflow_id, "--db", failures_db, env=cli_env(COLUMNS=str(columns))
+            )
             assert done.returncode == 0, done.stderr
             lines = done.stdout.splitlines()
             attempts = [line for line in lines if line.lstrip().startswith("attempt ")]
@@ -717,7 +692,7 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(),
+            env=cli_env(),
         )
         assert self.process.stdout is not None and self.process.stderr is not None
         line = self.process.stdout.readline()
@@ -780,7 +755,7 @@ def test_approvals_lists_a_pending_request_and_approve_resumes_it(workers: Worke
     assert row.split()[:3] == ["deploy-1", "cli_test_deploy", "deploy"]
     assert row.endswith('{"version": "1.2"}')
     for columns in (60, 80):
-        narrow = perdure("approvals", "--db", url, env=_env(COLUMNS=str(columns)))
+        narrow = perdure("approvals", "--db", url, env=cli_env(COLUMNS=str(columns)))
         assert all(len(line) <= columns for line in narrow.stdout.splitlines()), narrow.stdout
     [item] = json.loads(perdure("approvals", "--db", url, "--json").stdout)
     assert item["workflow_id"] == "deploy-1"
@@ -800,17 +775,17 @@ def test_approvals_lists_a_pending_request_and_approve_resumes_it(workers: Worke
     for command in ("approve", "reject"):
         again = perdure(command, "deploy-1", "deploy", "--by", "bob", "--db", url)
         assert again.returncode == 1
-        assert "no pending approval named 'deploy'" in _one_error_line(again)
+        assert "no pending approval named 'deploy'" in one_error_line(again)
 
     assert perdure("approvals", "--db", url).stdout == f"No pending approvals in {url}.\n"
     assert json.loads(perdure("approvals", "--db", url, "--json").stdout) == []
-    everything = perdure("approvals", "--all", "--db", url, env=_env(COLUMNS="200"))
+    everything = perdure("approvals", "--all", "--db", url, env=cli_env(COLUMNS="200"))
     assert everything.returncode == 0, everything.stderr
     header, row = everything.stdout.splitlines()
     assert "status" in header and "decided by" in header and "comment" in header
     assert row.split()[:4] == ["deploy-1", "cli_test_deploy", "deploy", "APPROVED"]
     assert "  alice  " in row and "  ok  " in row
-    narrow = perdure("approvals", "--all", "--db", url, env=_env(COLUMNS="80"))
+    narrow = perdure("approvals", "--all", "--db", url, env=cli_env(COLUMNS="80"))
     assert all(len(line) <= 80 for line in narrow.stdout.splitlines()), narrow.stdout
     [item] = json.loads(perdure("approvals", "--all", "--json", "--db", url).stdout)
     assert (item["status"], item["decided_by"], item["comment"]) == ("APPROVED", "alice", "ok")
@@ -833,7 +808,7 @@ def test_reject_by_the_os_user_by_default(workers: Workers) -> None:
     _wait_until_pending(url, "deploy-2")
     done = perdure(
         "reject", "deploy-2", "deploy", "--comment", "not on a Friday", "--db", url,
-        env=_env(LOGNAME="carol"),  # getpass.getuser() reads $LOGNAME first
+        env=cli_env(LOGNAME="carol"),  # getpass.getuser() reads $LOGNAME first
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == "rejected 'deploy' of workflow 'deploy-2' (by carol)\n"
@@ -871,13 +846,13 @@ def test_send_needs_a_json_payload(db: Db, tmp_path: Path) -> None:
     for payload in ("{a: 1}", "hello", ""):
         done = perdure("send", "order-42", "note", payload, "--db", db.url)
         assert done.returncode == 2, done
-        assert "not valid JSON" in _one_error_line(done)
+        assert "not valid JSON" in one_error_line(done)
     # The payload is checked before the database: still a usage error.
     nowhere = f"sqlite:///{tmp_path / 'nowhere' / 'app.db'}"
     assert perdure("send", "order-42", "note", "{", "--db", nowhere).returncode == 2
     null = perdure("send", "order-42", "note", "null", "--db", db.url)
     assert null.returncode == 2
-    assert "cannot be None" in _one_error_line(null)
+    assert "cannot be None" in one_error_line(null)
 
 
 def test_signals_to_a_missing_workflow_exit_1(db: Db) -> None:
@@ -888,10 +863,10 @@ def test_signals_to_a_missing_workflow_exit_1(db: Db) -> None:
     ):
         done = perdure(*args, "--db", db.url)
         assert done.returncode == 1, done
-        assert "no-such-id" in _one_error_line(done)
+        assert "no-such-id" in one_error_line(done)
     never_asked = perdure("approve", "order-42", "deploy", "--db", db.url)
     assert never_asked.returncode == 1
-    assert "no pending approval named 'deploy'" in _one_error_line(never_asked)
+    assert "no pending approval named 'deploy'" in one_error_line(never_asked)
 
 
 def test_approvals_when_none_were_requested(db: Db) -> None:
@@ -908,7 +883,7 @@ def test_approvals_when_none_were_requested(db: Db) -> None:
 def test_show_missing_workflow_exits_1(db: Db) -> None:
     done = perdure("show", "no-such-id", "--db", db.url)
     assert done.returncode == 1
-    assert "no-such-id" in _one_error_line(done)
+    assert "no-such-id" in one_error_line(done)
     assert perdure("show", "no-such-id", "--db", db.url, "--json").returncode == 1
 
 
@@ -925,7 +900,7 @@ def test_missing_database_folder_exits_3(tmp_path: Path) -> None:
     ):
         done = perdure(*args, "--db", url)
         assert done.returncode == 3, done
-        assert "does not exist" in _one_error_line(done)
+        assert "does not exist" in one_error_line(done)
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -934,20 +909,20 @@ def test_unreadable_database_exits_3(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not a database, " * 100)
     done = perdure("list", "--db", f"sqlite:///{garbage}")
     assert done.returncode == 3
-    _one_error_line(done)
+    one_error_line(done)
 
 
 def test_bad_database_url_is_a_usage_error(tmp_path: Path) -> None:
     for url in ("app.db", "mysql://localhost/app"):
         done = perdure("list", "--db", url, cwd=tmp_path)
         assert done.returncode == 2
-        _one_error_line(done)
+        one_error_line(done)
 
 
 def test_unreachable_postgres_exits_3(tmp_path: Path) -> None:
     done = perdure("list", "--db", "postgresql://postgres@127.0.0.1:1/app", cwd=tmp_path)
     assert done.returncode == 3, done
-    assert "cannot open PostgreSQL" in _one_error_line(done)
+    assert "cannot open PostgreSQL" in one_error_line(done)
 
 
 def test_usage_errors_exit_2(db: Db) -> None:
@@ -971,10 +946,10 @@ def test_demo_missing_fails_clearly(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(),
+        env=cli_env(),
     )
     assert done.returncode == 1
-    assert "demo" in _one_error_line(done)
+    assert "demo" in one_error_line(done)
 
 
 def test_console_script(db: Db) -> None:
@@ -986,7 +961,7 @@ def test_console_script(db: Db) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(),
+        env=cli_env(),
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["id"] == "order-42"

@@ -18,7 +18,6 @@ import click
 from .. import _admin
 from .._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from .._signals import ApprovalInfo
-from .._usage import Usage
 from ..store import WorkflowStatus
 
 _PACKAGE = __name__.partition(".")[0]
@@ -264,19 +263,6 @@ def step_table(steps: Sequence[StepInfo], day: dt.date, width: int | None) -> li
     return _with_attempts(rows, [s.failures for s in steps], nested, day, width)
 
 
-def pending_retries(
-    steps: Sequence[StepInfo], attempts: Sequence[AttemptInfo]
-) -> list[list[AttemptInfo]]:
-    """The failed attempts of each step that has no journal entry yet (it waits for its next
-    attempt, or waited when the workflow ended), in the order they first failed."""
-    done = {s.key for s in steps}
-    pending: dict[str, list[AttemptInfo]] = {}
-    for attempt in attempts:
-        if attempt.key not in done:
-            pending.setdefault(attempt.key, []).append(attempt)
-    return list(pending.values())
-
-
 def retry_table(
     pending: Sequence[Sequence[AttemptInfo]], day: dt.date, width: int | None
 ) -> list[str]:
@@ -293,11 +279,6 @@ def retry_table(
     rows = _render_table(cols, indent)
     nested = indent + " " * (cols[0].width + len(_GAP))
     return _with_attempts(rows, pending, nested, day, width, pending=True)
-
-
-def usage_dict(used: Usage) -> dict[str, int]:
-    return {"model_calls": used.calls, "input_tokens": used.input_tokens,
-            "output_tokens": used.output_tokens}  # fmt: skip
 
 
 def header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
