@@ -36,9 +36,9 @@ from ._errors import (
     WorkflowConflictError,
     WorkflowInterrupted,
     WorkflowNotFound,
+    WorkflowStateError,
 )
 from ._handle import WorkflowHandle
-from ._operations import failed_position
 from ._queues import Queue, registered_queues, resolve_queue
 from ._records import (
     bind_inputs,
@@ -405,17 +405,16 @@ class Engine(EngineOperations):
         """Run a workflow that ended in ERROR, CANCELLED or DEAD_LETTER again, from its journal:
         recorded steps replay, the rest runs (after a code fix, say, or for a poison workflow
         whose cause is gone). A recorded step failure replays as a failure, unless
-        ``retry_failed_step``: then the last failed step, and anything journaled after it,
-        is forgotten first, and that step runs again.
+        ``retry_failed_step``: then the step whose failure ended the workflow is forgotten
+        first (in the same transaction), and that step runs again; every other step replays.
 
         Raises:
             WorkflowNotFound: no such workflow.
-            ConfigurationError: it is running, pending or succeeded.
+            WorkflowStateError: it is running, pending or succeeded.
         """
         info = self.get_workflow(workflow_id)
-        position = failed_position(self.store, workflow_id) if retry_failed_step else None
-        if not self.store.reset_workflow(workflow_id, position):
-            raise ConfigurationError(
+        if not self.store.reset_workflow(workflow_id, retry_failed_step):
+            raise WorkflowStateError(
                 f"workflow {workflow_id!r} is {info.status}: only ERROR, CANCELLED and "
                 "DEAD_LETTER workflows can be resumed"
             )

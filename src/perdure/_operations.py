@@ -30,7 +30,7 @@ from ._errors import (
 from ._records import AttemptInfo, StepInfo, WorkflowInfo
 from ._signals import ApprovalInfo, ApprovalNotPending
 from ._usage import REPLAY_EVENT, Usage, replay_saved, usage
-from .store import StepStatus, Store, WorkflowStatus
+from .store import StepRow, StepStatus, Store, WorkflowStatus, failing_step_key
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -167,8 +167,9 @@ class Operations:
 
     def resume(self, workflow_id: str, retry_failed_step: bool = False) -> WorkflowInfo:
         """Run an ERROR, CANCELLED or DEAD_LETTER workflow again from its journal. With
-        ``retry_failed_step``, its last failed step (and anything journaled after it) is
-        forgotten first, so that step runs again instead of replaying its failure.
+        ``retry_failed_step``, the step whose failure ended it (:func:`failed_step`) is
+        forgotten first, so that step runs again instead of replaying its failure; every
+        other step replays.
 
         Raises:
             WorkflowNotFound: no such workflow.
@@ -182,10 +183,8 @@ class Operations:
             )
         if self.engine is not None:
             self.engine.resume(workflow_id, retry_failed_step=retry_failed_step)
-        else:
-            position = failed_position(self.store, workflow_id) if retry_failed_step else None
-            if not self.store.reset_workflow(workflow_id, position):
-                raise WorkflowStateError(f"workflow {workflow_id!r} changed state meanwhile")
+        elif not self.store.reset_workflow(workflow_id, retry_failed_step):
+            raise WorkflowStateError(f"workflow {workflow_id!r} changed state meanwhile")
         return self.get(workflow_id)
 
     def send(
@@ -206,12 +205,16 @@ class Operations:
         _signals.decide(self.store, workflow_id, name, approved, by, comment)
 
 
-def failed_position(store: Store, workflow_id: str) -> int | None:
-    """The journal position of the workflow's last failed step, or None if no step failed
-    (the workflow's own code raised, or it was cancelled)."""
-    failed = [row.position for row in store.load_steps(workflow_id)
-              if row.status is StepStatus.ERROR]  # fmt: skip
-    return max(failed) if failed else None
+def failed_step(store: Store, workflow_id: str) -> StepRow | None:
+    """The journal entry of the step whose failure ended the workflow (the one a retry runs
+    again), or None if no step failure ended it."""
+    workflow = store.get_workflow(workflow_id)
+    if workflow is None:
+        return None
+    failed = sorted((row for row in store.load_steps(workflow_id)
+                     if row.status is StepStatus.ERROR), key=lambda row: -row.position)  # fmt: skip
+    key = failing_step_key(workflow.error, [(row.key, row.error) for row in failed])
+    return next((row for row in failed if row.key == key), None)
 
 
 def pending_retries(

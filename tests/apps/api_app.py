@@ -5,11 +5,14 @@ imports it, and the in-process tests load it the same way.
   order and the message as details), and returns what happened: ``{"order", "message",
   "approved", "by", "comment"}``.
 - ``api_echo(value)``: returns ``value`` at once.
-- ``api_fail(reason)``: raises ``ValueError(reason)`` (a workflow to resume or retry).
+- ``api_fail(reason)``: its step ``api_check`` fails for good (``PermanentError(reason)``)
+  until ``reason`` is in ``FIXED``, then it returns "fixed <reason>" (a workflow to resume or
+  retry); ``CHECKS`` counts the step's executions.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import perdure
@@ -33,6 +36,18 @@ def api_echo(value: Any) -> Any:
     return value
 
 
+FIXED: set[str] = set()
+CHECKS: Counter[str] = Counter()
+
+
+@perdure.step(name="api_check")
+def api_check(reason: str) -> str:
+    CHECKS[reason] += 1
+    if reason not in FIXED:
+        raise perdure.PermanentError(reason)
+    return f"fixed {reason}"
+
+
 @perdure.workflow(name="api_fail")
-def api_fail(reason: str) -> None:
-    raise ValueError(reason)
+def api_fail(reason: str) -> str:
+    return api_check(reason)

@@ -474,7 +474,7 @@ def test_resume_runs_a_failed_workflow_again_from_its_journal(engine: perdure.En
     broken["yes"] = False  # the bug is fixed and deployed
     assert engine.resume(handle.id).result(timeout=10) == "booking-desk"
     assert ledger == ["book desk"]  # the booking replayed from the journal, not run again
-    with pytest.raises(perdure.ConfigurationError, match="only ERROR, CANCELLED and DEAD_LETTER"):
+    with pytest.raises(perdure.WorkflowStateError, match="only ERROR, CANCELLED and DEAD_LETTER"):
         engine.resume(handle.id)
 
 

@@ -1,7 +1,8 @@
 """The admin operations (perdure._operations) shared by the CLI and the HTTP API, on both
-backends: retry from the failed step (the journal rewound in one transaction, the messages
-the forgotten steps consumed given back), resume and its state checks, cancellation from a
-process that is not a worker, listing by creation time, and the ``show`` document.
+backends: retry runs again only the step whose failure ended the workflow (forgotten in the
+reset's transaction; a handled failure, a message and a side effect journaled before or after
+it replay), resume and its state checks, cancellation from a process that is not a worker,
+listing by creation time, and the ``show`` document.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 import perdure
 from conftest import wait_until
-from perdure._operations import Operations, WorkflowStateError, error_code
+from perdure._operations import Operations, WorkflowStateError, error_code, failed_step
 from perdure.store import open_store
 
 runs: Counter[str] = Counter()
@@ -99,29 +100,55 @@ def ops_maybe(n: int) -> int:
     return n
 
 
+@perdure.step
+def ops_charge(n: int) -> int:
+    runs["charge"] += 1  # a side effect that must not run twice
+    return n
+
+
 @perdure.workflow(name="ops_message_flow")
-def ops_message_flow() -> str:
+def ops_message_flow(code_fails: bool) -> str:
     with contextlib.suppress(perdure.PermanentError):
-        ops_maybe(1)  # handled: the run goes on, and fails below
+        ops_maybe(1)  # a failure the workflow handles: it goes on
     message = perdure.receive("go", timeout=30)
-    if not fixed.is_set():
+    ops_charge(2)
+    if code_fails and not fixed.is_set():
         raise RuntimeError(f"got {message!r} but the cause is not fixed")
+    ops_fragile(3)
     return f"done with {message}"
 
 
-def test_retry_gives_back_the_messages_the_forgotten_steps_consumed(
+def test_retry_runs_again_only_the_step_whose_failure_ended_the_workflow(
     engine: perdure.Engine,
 ) -> None:
-    handle = engine.start(ops_message_flow, id="messaged")
-    engine.send("messaged", "go", "m1")
-    with pytest.raises(RuntimeError, match="got 'm1'"):
+    handle = engine.start(ops_message_flow, False, id="ended-by-a-step")
+    engine.send("ended-by-a-step", "go", "m1")
+    with pytest.raises(perdure.PermanentError, match="refused 3"):
         handle.result(timeout=20)
     fixed.set()
-    Operations(engine.store, engine).resume("messaged", retry_failed_step=True)
-    # ops_maybe failed first: the journal is rewound to it, so the receive after it runs
-    # again and gets the same message, which the rewind gave back
+    failed = failed_step(engine.store, "ended-by-a-step")
+    assert failed is not None and failed.name == "ops_fragile"
+    Operations(engine.store, engine).resume("ended-by-a-step", retry_failed_step=True)
     assert handle.result(timeout=30) == "done with m1"
-    assert runs["maybe"] == 2
+    # the handled failure of ops_maybe replayed, the message and the charge replayed: only
+    # the step whose failure ended the run ran again
+    assert runs == {"maybe": 1, "charge": 1, "fragile": 2}
+    steps = {s.name: s for s in engine.list_steps("ended-by-a-step")}
+    assert steps["ops_maybe"].status == "ERROR" and steps["ops_fragile"].status == "SUCCESS"
+
+
+def test_retry_of_a_workflow_its_own_code_failed_forgets_nothing(
+    engine: perdure.Engine,
+) -> None:
+    handle = engine.start(ops_message_flow, True, id="ended-by-its-code")
+    engine.send("ended-by-its-code", "go", "m2")
+    with pytest.raises(RuntimeError, match="got 'm2'"):
+        handle.result(timeout=20)
+    assert failed_step(engine.store, "ended-by-its-code") is None  # no step ended it
+    fixed.set()
+    Operations(engine.store, engine).resume("ended-by-its-code", retry_failed_step=True)
+    assert handle.result(timeout=30) == "done with m2"
+    assert runs == {"maybe": 1, "charge": 1, "fragile": 1}  # nothing ran twice
 
 
 def test_resume_and_retry_refuse_a_workflow_that_did_not_fail(engine: perdure.Engine) -> None:

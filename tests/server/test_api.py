@@ -46,8 +46,8 @@ import perdure
 from conftest import APPS, wait_until
 from perdure.server import Token, create_app, load_tokens
 
-OPERATOR = "op-7Hq2-secret"
-READER = "rd-x91-secret"
+OPERATOR = "op-7Hq2-secret-5c1e9a"
+READER = "rd-x91-secret-0b7d4f"
 TOKENS = load_tokens(f"operator:olivia:{OPERATOR}\nread:rita:{READER}")
 AS_OPERATOR = {"Authorization": f"Bearer {OPERATOR}"}
 AS_READER = {"Authorization": f"Bearer {READER}"}
@@ -167,8 +167,37 @@ def test_public_routes_need_no_token(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"ok": True}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    for default in ("/docs", "/redoc", "/openapi.json"):
-        assert error_of(client.get(default), 404) == "not_found", default
+    for default in ("/docs", "/redoc", "/openapi.json"):  # FastAPI's own pages are off
+        assert error_of(client.get(default), 401) == "unauthorized", default  # deny by default
+        assert error_of(client.get(default, headers=AS_READER), 404) == "not_found", default
+
+
+@pytest.mark.parametrize("root_path", ["", "/ap", "/api/", "/perdure"])
+def test_a_route_added_later_is_still_behind_the_gate(sqlite_url: str, root_path: str) -> None:
+    """Deny by default: the gate guards every path but the dashboard's files and /healthz,
+    whatever prefix the app is served under, even a route that declares no role."""
+    app = create_app(sqlite_url, tokens=TOKENS)
+    app.add_api_route("/api/v1/unguarded", lambda: {"leak": True})
+    app.add_api_route("/internal", lambda: {"leak": True})
+    from starlette.testclient import TestClient
+
+    with TestClient(app, root_path=root_path) as http:
+        for path in ("/api/v1/unguarded", "/internal"):
+            for method in ("GET", "HEAD", "POST", "OPTIONS"):
+                answer = http.request(method, root_path.rstrip("/") + path)
+                assert answer.status_code == 401, (method, path, answer.text)
+            if not root_path.endswith("/"):  # the route itself works, with a token
+                answer = http.get(root_path + path, headers=AS_READER)
+                assert answer.json() == {"leak": True}
+        if not root_path.endswith("/"):
+            assert http.get(root_path + "/healthz").status_code == 200
+
+
+def test_the_dashboard_page_forbids_other_origins_and_frames(client: httpx.Client) -> None:
+    page = client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
 
 
 # -- the round trip ------------------------------------------------------------------------
@@ -266,15 +295,30 @@ def test_result_long_poll_returns_when_the_wait_is_over(client: httpx.Client) ->
 
 
 def test_cancel_resume_and_retry(client: httpx.Client) -> None:
+    app_module: Any = sys.modules["api_app"]
     client.post("/api/v1/workflows", headers=AS_OPERATOR,
                 json={"name": "api_fail", "args": ["boom"], "id": "failing"})  # fmt: skip
     ended = client.get(wf("failing", "result"), params={"wait": 20}, headers=AS_READER).json()
     assert ended["status"] == "ERROR" and ended["error"]["message"] == "boom"
-    for verb in ("resume", "retry"):
-        response = client.post(wf("failing", verb), headers=AS_OPERATOR)
-        assert response.status_code == 202 and response.json()["id"] == "failing", response.text
-        wait_until(lambda: client.get(wf("failing", "result"), headers=AS_READER)
-                   .json()["status"] == "ERROR", timeout=20)  # fmt: skip
+    assert app_module.CHECKS["boom"] == 1
+
+    def run_ended_after(before: str) -> bool:
+        info = client.get(wf("failing"), headers=AS_READER).json()
+        return bool(info["status"] == "ERROR" and info["updated_at"] > before)
+
+    # resume replays the recorded failure: the run ends ERROR again, the step did not run
+    before = client.get(wf("failing"), headers=AS_READER).json()["updated_at"]
+    response = client.post(wf("failing", "resume"), headers=AS_OPERATOR)
+    assert response.status_code == 202 and response.json()["id"] == "failing", response.text
+    wait_until(lambda: run_ended_after(before), timeout=20)
+    assert app_module.CHECKS["boom"] == 1
+    # retry, once the cause is fixed, runs the failed step again
+    app_module.FIXED.add("boom")
+    response = client.post(wf("failing", "retry"), headers=AS_OPERATOR)
+    assert response.status_code == 202, response.text
+    done = client.get(wf("failing", "result"), params={"wait": 20}, headers=AS_READER).json()
+    assert done == {"id": "failing", "status": "SUCCESS", "output": "fixed boom"}
+    assert app_module.CHECKS["boom"] == 2
 
     client.post("/api/v1/workflows", headers=AS_OPERATOR,
                 json={"name": "api_order", "args": ["o-9"], "id": "to-cancel"})  # fmt: skip
@@ -397,12 +441,13 @@ def test_start_without_an_engine_says_to_pass_app(sqlite_url: str) -> None:
 
 def test_load_tokens_reads_lines_commas_and_comments() -> None:
     tokens = load_tokens(
-        "# the API tokens\n\noperator:alice:s3:cr:et\n  read:grafana:abc , read:oncall:def\n"
+        "# the API tokens\n\noperator:alice:s3:cr:et:0123456789\n"
+        "  read:grafana:abc-0123456789abc , read:oncall:def-0123456789def\n"
     )
     assert tokens == {
-        "s3:cr:et": Token(name="alice", role="operator"),
-        "abc": Token(name="grafana", role="read"),
-        "def": Token(name="oncall", role="read"),
+        "s3:cr:et:0123456789": Token(name="alice", role="operator"),
+        "abc-0123456789abc": Token(name="grafana", role="read"),
+        "def-0123456789def": Token(name="oncall", role="read"),
     }
     assert load_tokens("") == {} and load_tokens("# nothing\n\n") == {}
     assert Token("a", "operator").allows("read") and not Token("b", "read").allows("operator")
@@ -411,13 +456,14 @@ def test_load_tokens_reads_lines_commas_and_comments() -> None:
 @pytest.mark.parametrize(
     ("spec", "where"),
     [
-        ("operator:alice:fine\nTOPSECRET-ONLY", "line 2"),
+        ("operator:alice:fine-0123456789abc\nTOPSECRET-ONLY", "line 2"),
         ("admin:alice:TOPSECRET-ONLY", "line 1"),
         ("read::TOPSECRET-ONLY", "line 1"),
         ("read:alice:", "line 1"),
         ("read:alice:TOPSECRET ONLY", "line 1"),
-        ("read:a:x, TOPSECRET-ONLY", "entry 2 of line 1"),
-        ("read:a:TOPSECRET-ONLY\noperator:b:TOPSECRET-ONLY", "line 2"),
+        ("read:a:x-0123456789abcdef, TOPSECRET-ONLY", "entry 2 of line 1"),
+        ("read:a:TOPSECRET-ONLY-0123\noperator:b:TOPSECRET-ONLY-0123", "line 2"),
+        ("read:alice:TOPSECRET", "line 1"),  # too short to be a secret
     ],
 )
 def test_malformed_tokens_name_the_line_never_the_secret(spec: str, where: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .. import _admin
-from .._operations import failed_position
+from .._operations import failed_step
 from ..store import StepRow, WorkflowStatus
 from ._common import db_option, echo_json, json_option, operations
 
@@ -79,10 +79,10 @@ def resume_command(workflow_id: str, db: str, as_json: bool) -> None:
 @db_option
 @json_option
 def retry_command(workflow_id: str, db: str, as_json: bool) -> None:
-    """Resume workflow ID (ERROR, CANCELLED or DEAD_LETTER) from its last failed step: that
-    step, and anything journaled after it, is forgotten, so it runs again, while the steps
-    before it replay from the journal (they do not run again). Without a failed step this
-    is `perdure resume`.
+    """Resume workflow ID (ERROR, CANCELLED or DEAD_LETTER), running again the step whose
+    failure ended it: that step's journal entry is forgotten, while every other step replays
+    from the journal (none runs again). When no step failure ended it (its own code raised,
+    or it was cancelled) this is `perdure resume`.
 
     This makes the workflow PENDING; a worker running its code picks it up at its next
     recovery sweep. Exits 1 when the workflow is in another state. --json prints the
@@ -93,8 +93,7 @@ def retry_command(workflow_id: str, db: str, as_json: bool) -> None:
 
 def _resume(workflow_id: str, db: str, as_json: bool, *, retry: bool) -> None:
     with operations(db) as ops:
-        steps = ops.store.load_steps(workflow_id)
-        failed = _failed_step(steps, failed_position(ops.store, workflow_id))
+        failed = failed_step(ops.store, workflow_id)
         info = ops.resume(workflow_id, retry_failed_step=retry)
     if as_json:
         data: dict[str, Any] = _admin.workflow_to_dict(info)
@@ -112,13 +111,8 @@ def _resume(workflow_id: str, db: str, as_json: bool, *, retry: bool) -> None:
         click.echo(f"no step of workflow {workflow_id!r} failed: resumed as it is: {state} "
                    "and replays its journal")  # fmt: skip
     else:
-        click.echo(f"retrying workflow {workflow_id!r} from step {failed.position} "
-                   f"({failed.name}): {state}, replays the steps before it and runs that "
-                   "step again")  # fmt: skip
-
-
-def _failed_step(steps: list[StepRow], position: int | None) -> StepRow | None:
-    return next((step for step in steps if step.position == position), None)
+        click.echo(f"retrying workflow {workflow_id!r}: step {failed.position} "
+                   f"({failed.name}) runs again, the other steps replay: {state}")  # fmt: skip
 
 
 def _step_ref(step: StepRow) -> dict[str, Any]:

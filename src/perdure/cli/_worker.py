@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,20 +119,21 @@ def _ready_line(engine: Engine, names: list[str], db: str) -> str:
 
 
 class _Stop:
-    """The first stop signal received (set from the signal handler)."""
+    """The first stop signal received. The handler only assigns an attribute (taking no
+    lock: a handler that waits for a lock the interrupted main thread holds would hang), and
+    :meth:`wait` polls it."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
         self.name = ""
 
     def set(self, signum: int, frame: FrameType | None) -> None:
-        if not self._event.is_set():
+        if not self.name:
             self.name = signal.Signals(signum).name
-            self._event.set()
 
     def wait(self) -> str:
         """Block until a stop signal came; return its name."""
-        self._event.wait()
+        while not self.name:
+            time.sleep(0.1)
         return self.name
 
 

@@ -43,15 +43,22 @@ from .._errors import PerdureError
 from .._operations import Operations, error_code
 from ..store import Store, open_store
 from ._models import NO_NUL
-from ._routes import API_PREFIX, SCOPE_CALLER, ApiError, api_router, error_body
+from ._routes import SCOPE_CALLER, ApiError, api_router, error_body
 from ._tokens import Token, authenticate
 
 __all__ = ["AuthGate", "build_app"]
 
-log = logging.getLogger("perdure.server")
+log = logging.getLogger("perdure")  # one logger: its filter adds workflow_id and step
 
 STATIC = Path(__file__).parent / "static"
-SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: the dashboard runs only its own files: no inline script, no other origin, never in a frame
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+SAFE_METHODS = frozenset({"GET"})
 _HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden",
                404: "not_found", 405: "method_not_allowed"}  # fmt: skip
 _SERVER_ERRORS = {
@@ -101,8 +108,9 @@ class AuthGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, or answer 401/403 at once."""
-        path = _route_path(scope)
-        if scope["type"] != "http" or not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+        # Deny by default: only the dashboard's files and /healthz are public; anything else,
+        # under /api/v1 or not (an unknown path included), needs a token.
+        if scope["type"] == "lifespan" or _public(_route_path(scope)):
             await self.app(scope, receive, send)
             return
         token = authenticate(self.tokens, _bearer_credential(scope))
@@ -129,11 +137,22 @@ class AuthGate:
         await response(scope, receive, send)
 
 
+def _public(path: str) -> bool:
+    """Whether a route path is served without a token: the dashboard's page and files, and
+    the health check."""
+    return path in ("/", "/healthz") or path.startswith("/static/")
+
+
 def _route_path(scope: Scope) -> str:
-    """The path the routes see: without the ``root_path`` of a mount or a proxy prefix."""
+    """The path the routes see, computed as Starlette's router computes it: without the
+    ``root_path`` of a mount or a proxy prefix, and only where that prefix ends at a ``/``."""
     path: str = scope.get("path", "")
     root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
 
 
 def _bearer_credential(scope: Scope) -> bytes:
@@ -203,8 +222,8 @@ def _add_dashboard(app: FastAPI) -> None:
     def index() -> Response:
         page = STATIC / "index.html"
         if page.is_file():
-            return FileResponse(page, media_type="text/html")
-        return HTMLResponse(_NOT_INSTALLED)
+            return FileResponse(page, media_type="text/html", headers=PAGE_HEADERS)
+        return HTMLResponse(_NOT_INSTALLED, headers=PAGE_HEADERS)
 
 
 def _add_error_handlers(app: FastAPI, routes: Sequence[APIRoute]) -> None:

@@ -315,7 +315,7 @@ def _acting_routes(router: APIRouter) -> None:
         response_model=WorkflowOut,
         responses=_errors(400, 403, 404, 409),
         tags=["workflows"],
-        summary="Resume, running the last failed step again",
+        summary="Resume, running again the step whose failure ended the workflow",
     )
     def retry(workflow_id: WorkflowId, ops: Ops, _: Operator) -> JSONResponse:
         info = ops.resume(workflow_id, retry_failed_step=True)

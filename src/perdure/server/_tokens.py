@@ -85,6 +85,10 @@ def load_tokens(spec: str, *, source: str = "the token configuration") -> dict[s
     return tokens
 
 
+#: the shortest secret accepted (a guessable token is no authentication)
+MIN_SECRET = 16
+
+
 def _parse_entry(entry: str, where: str) -> tuple[str, Token]:
     """``(secret, Token)`` of one ``role:name:secret`` entry. Messages never quote the entry:
     a malformed one may well be a bare secret."""
@@ -101,6 +105,11 @@ def _parse_entry(entry: str, where: str) -> tuple[str, Token]:
     if not secret or secret != secret.strip() or any(c.isspace() for c in secret):
         raise ConfigurationError(
             f"{where} has an empty secret or one with whitespace: expected role:name:secret"
+        )
+    if len(secret) < MIN_SECRET:
+        raise ConfigurationError(
+            f"{where} has a secret shorter than {MIN_SECRET} characters: use a random one, "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return secret, Token(name=name, role=role)
 

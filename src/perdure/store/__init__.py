@@ -25,6 +25,7 @@ from ._protocol import (
     WorkflowStatus,
     approval_topic,
 )
+from ._rows import failing_step_key
 
 __all__ = [
     "DEFAULT_BLOB_THRESHOLD",
@@ -40,6 +41,7 @@ __all__ = [
     "WorkflowRow",
     "WorkflowStatus",
     "approval_topic",
+    "failing_step_key",
     "open_store",
 ]
 

@@ -381,13 +381,14 @@ class Store(Protocol):
             OwnershipLost: the lease is not current.
         """
 
-    def reset_workflow(self, workflow_id: str, from_position: int | None = None) -> bool:
+    def reset_workflow(self, workflow_id: str, retry_failed_step: bool = False) -> bool:
         """Make an ERROR, CANCELLED or DEAD_LETTER workflow runnable again: PENDING (back in
         its queue if it never left it), no owner, no outcome, no pending cancel, stalls
-        cleared. Its journal is untouched, unless ``from_position`` is given: then, in the
-        same transaction, the entries from that position on are forgotten, with the failed
-        attempts of their steps, and the messages those steps consumed are unconsumed (the
-        steps run again when the workflow resumes).
+        cleared. Its journal is untouched, unless ``retry_failed_step``: then, in the same
+        transaction, the entry of the step whose failure ended the workflow (see
+        ``perdure.store.failing_step_key``) is forgotten, with its failed attempts, so that
+        step runs again when the workflow resumes. Nothing else is forgotten: every other
+        step replays.
 
         Returns whether it was reset (False: unknown, or not in one of those states).
         """

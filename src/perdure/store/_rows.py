@@ -6,7 +6,8 @@ A row that cannot be read (an unknown status, a time that is not a number) raise
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._errors import CorruptRecordError
@@ -114,25 +115,49 @@ def step_row(r: Sequence[Any]) -> StepRow:
         ) from exc
 
 
-def rewind_journal(conn: Any, mark: str, workflow_id: str, position: int) -> None:
-    """Inside the caller's transaction: forget the workflow's journal from ``position`` on,
-    the failed attempts of the steps forgotten, and give back the messages those steps had
-    consumed (a re-executed ``receive`` gets the same message again)."""
-    later = f"SELECT key FROM steps WHERE workflow_id = {mark} AND position >= {mark}"
-    conn.execute(
-        f"UPDATE messages SET consumed_by = NULL WHERE workflow_id = {mark} "
-        f"AND consumed_by IN ({later})",
-        (workflow_id, workflow_id, position),
-    )
-    conn.execute(
-        f"DELETE FROM steps WHERE workflow_id = {mark} AND position >= {mark}",
-        (workflow_id, position),
-    )
-    conn.execute(  # also the attempts of a step that never got a journal entry
-        f"DELETE FROM step_attempts WHERE workflow_id = {mark} AND key NOT IN "
-        f"(SELECT key FROM steps WHERE workflow_id = {mark})",
-        (workflow_id, workflow_id),
-    )
+#: the event a PostgreSQL reset leaves its token under (see PostgresStore.reset_workflow)
+RESET_EVENT = "perdure.reset"
+
+
+def failing_step_key(
+    workflow_error: str | None, failed: Iterable[tuple[str, str | None]]
+) -> str | None:
+    """The key of the step whose failure ended a workflow: among its failed steps, given as
+    ``(key, error)`` latest first, the first whose error has the workflow error's type and
+    message; None when no step failure ended it (its own code raised, or it was cancelled)."""
+    wanted = _error_identity(workflow_error)
+    if wanted is None:
+        return None
+    return next((key for key, error in failed if _error_identity(error) == wanted), None)
+
+
+def forget_failed_step(conn: Any, mark: str, workflow_id: str, error: str | None) -> str | None:
+    """Inside the caller's transaction: forget the journal entry of the step whose failure
+    ended the workflow (:func:`failing_step_key`), with its failed attempts; return its key
+    (None: nothing forgotten). Steps journaled after it
+    (a concurrent branch's) stay: they replay, so no step that succeeded runs twice."""
+    failed = conn.execute(
+        f"SELECT key, error FROM steps WHERE workflow_id = {mark} "
+        "AND status = 'ERROR' ORDER BY position DESC",
+        (workflow_id,),
+    ).fetchall()
+    key = failing_step_key(error, [(str(r[0]), r[1]) for r in failed])
+    if key is None:
+        return None
+    for table in ("steps", "step_attempts"):
+        conn.execute(
+            f"DELETE FROM {table} WHERE workflow_id = {mark} AND key = {mark}", (workflow_id, key)
+        )
+    return key
+
+
+def _error_identity(text: str | None) -> tuple[str, str] | None:
+    """(type, message) of a stored error record, or None if it is not one."""
+    try:
+        record = json.loads(text or "")
+        return str(record["type"]), str(record["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def attempt_rows(workflow_id: str, rows: Sequence[Sequence[Any]]) -> list[AttemptRow]:

@@ -22,6 +22,8 @@ schema (created by ``migrate`` if missing), e.g. one schema per test or per appl
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -53,13 +55,14 @@ from ._protocol import (
 from ._rows import (
     ACTIVE,
     ATTEMPT_COLUMNS,
+    RESET_EVENT,
     RESET_STATUS,
     RUNNABLE,
     STEP_COLUMNS,
     UNFINISHED,
     WF_COLUMNS,
     attempt_rows,
-    rewind_journal,
+    forget_failed_step,
     step_row,
     step_values,
     workflow_row,
@@ -210,50 +213,48 @@ class PostgresStore(PgWaiting, PgLimits):
         if self._run(finish, settled) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
-    def reset_workflow(self, workflow_id: str, from_position: int | None = None) -> bool:
+    def reset_workflow(self, workflow_id: str, retry_failed_step: bool = False) -> bool:
         """Make a finished, unsuccessful workflow runnable again (see the protocol); workers
-        are notified at once."""
+        are notified at once. Each reset leaves a token of its own in the workflow's events,
+        in the same transaction: a reset whose acknowledgement was lost is recognised by it
+        (the workflow may already be running, or have failed again, by the time the retry
+        looks), and never applied twice."""
+        mark = uuid.uuid4().hex
 
         def reset(conn: Conn) -> bool:
             with conn.transaction():
-                count = conn.execute(
+                found = conn.execute(
+                    "SELECT error FROM workflows WHERE id = %s "
+                    "AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER') FOR UPDATE",
+                    (workflow_id,),
+                ).fetchone()
+                if found is None:
+                    return False
+                if retry_failed_step:
+                    forget_failed_step(conn, "%s", workflow_id, found[0])
+                conn.execute(
                     f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, "
                     f"output = NULL, error = NULL, stalls = 0, cancel_requested = 0, "
-                    f"updated_at = {_NOW} WHERE id = %s "
-                    "AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
+                    f"updated_at = {_NOW} WHERE id = %s",
                     (workflow_id,),
-                ).rowcount
-                if count == 1:
-                    if from_position is not None:
-                        rewind_journal(conn, "%s", workflow_id, from_position)
-                    self._notify(conn)
-                return bool(count == 1)
-
-        return self._run(reset, self._was_reset(workflow_id, from_position))
-
-    @staticmethod
-    def _was_reset(workflow_id: str, from_position: int | None) -> Callable[[Conn], Any]:
-        """``settled`` for a reset: the workflow is runnable, unowned, with no outcome (and
-        nothing journaled from ``from_position`` on)."""
-
-        rewound = (
-            ""
-            if from_position is None
-            else (
-                "AND NOT EXISTS (SELECT 1 FROM steps WHERE workflow_id = %(id)s "
-                "AND position >= %(position)s)"
-            )
-        )
+                )
+                conn.execute(
+                    "INSERT INTO events (workflow_id, key, value, updated_at) "
+                    f"VALUES (%s, %s, %s, {_NOW}) ON CONFLICT (workflow_id, key) "
+                    "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    (workflow_id, RESET_EVENT, json.dumps(mark)),
+                )
+                self._notify(conn)
+                return True
 
         def settled(conn: Conn) -> Any:
             found = conn.execute(
-                "SELECT 1 FROM workflows WHERE id = %(id)s AND status IN ('PENDING', "
-                f"'ENQUEUED') AND owner IS NULL AND output IS NULL AND error IS NULL {rewound}",
-                {"id": workflow_id, "position": from_position},
+                "SELECT value FROM events WHERE workflow_id = %s AND key = %s",
+                (workflow_id, RESET_EVENT),
             ).fetchone()
-            return True if found is not None else _UNSETTLED
+            return True if found is not None and found[0] == json.dumps(mark) else _UNSETTLED
 
-        return settled
+        return self._run(reset, settled)
 
     def release_workflow(self, workflow_id: str, lease: Lease, stalled: bool = False) -> bool:
         """Give one unfinished workflow back (PENDING, no owner) if ``lease`` is current."""

@@ -37,7 +37,7 @@ from ._rows import (
     UNFINISHED,
     WF_COLUMNS,
     attempt_rows,
-    rewind_journal,
+    forget_failed_step,
     step_values,
     workflow_values,
 )
@@ -152,11 +152,20 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         if self._run(finish) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
-    def reset_workflow(self, workflow_id: str, from_position: int | None = None) -> bool:
+    def reset_workflow(self, workflow_id: str, retry_failed_step: bool = False) -> bool:
         """Make a finished, unsuccessful workflow runnable again (see the protocol)."""
 
         def reset(conn: sqlite3.Connection) -> bool:
             with self._transaction(conn):
+                found = conn.execute(
+                    "SELECT error FROM workflows WHERE id = ? "
+                    "AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
+                    (workflow_id,),
+                ).fetchone()
+                if found is None:
+                    return False
+                if retry_failed_step:
+                    forget_failed_step(conn, "?", workflow_id, found[0])
                 count = conn.execute(
                     f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, "
                     "output = NULL, error = NULL, stalls = 0, cancel_requested = 0, "
@@ -164,8 +173,6 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                     "AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
                     (time.time(), workflow_id),
                 ).rowcount
-                if count == 1 and from_position is not None:
-                    rewind_journal(conn, "?", workflow_id, from_position)
                 return bool(count == 1)
 
         return self._run(reset)
