@@ -1,4 +1,5 @@
-"""What users need in their own tests: a fake clock that skips time.
+"""What users need in their own tests: a fake clock that skips time, and offline replay
+checks of exported runs (:func:`replay`, see docs/change-safety.md).
 
 ``Engine(url, clock=FakeClock())`` makes every engine wait (retry backoff, Retry-After,
 deadlines) return at once while the clock jumps ahead, so a test of a one-hour backoff or a
@@ -11,7 +12,10 @@ import asyncio
 import threading
 import time
 
-__all__ = ["FakeClock"]
+from .._export import export_run, load_export
+from ._replay import ReplayDivergence, ReplayReport, replay
+
+__all__ = ["FakeClock", "ReplayDivergence", "ReplayReport", "export_run", "load_export", "replay"]
 
 
 class FakeClock:

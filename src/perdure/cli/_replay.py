@@ -1,0 +1,114 @@
+"""``perdure export`` and ``perdure replay --check``: a recorded run as a portable JSON file,
+and an offline check that the current code still replays it (no step runs, no model call,
+no database)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .._decorators import registered
+from .._errors import NonDeterminismError, PerdureError
+from .._export import export_run, load_export
+from ..testing import replay
+from ._common import (
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    db_option,
+    echo_json,
+    fail,
+    json_option,
+    opened,
+    reporting_errors,
+)
+from ._worker import _import_user_module
+
+
+@click.command("export", short_help="Write a run (its journal) as portable JSON.")
+@click.argument("workflow_id", metavar="ID")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write to FILE instead of standard output.")  # fmt: skip
+@db_option
+def export_command(workflow_id: str, output: Path | None, db: str) -> None:
+    """Write workflow ID as a portable JSON document (format perdure.run/1): the workflow's
+    inputs, status and result, every journal entry (recorded step, LLM and tool outputs) and
+    the failed attempts of retried steps. Check it offline against the current code with
+    `perdure replay --check FILE --app MODULE` or perdure.testing.replay() in a test.
+
+    Exits 1 when no workflow has this id, 3 when the database cannot be read.
+    """
+    with opened(db) as store, reporting_errors():
+        document = export_run(store, workflow_id)
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    if output is None:
+        click.echo(text)
+        return
+    try:
+        output.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {str(output)!r}: {exc.strerror}", EXIT_USAGE)
+
+
+@click.command("replay", short_help="Check that the current code replays an exported run.")
+@click.option("--check", "export", required=True, metavar="EXPORT",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The exported run to check (a file written by `perdure export`).")  # fmt: skip
+@click.option("--app", "module", required=True, metavar="MODULE",
+              help="The module that registers the workflow (dotted name or .py path).")  # fmt: skip
+@json_option
+def replay_command(export: Path, module: str, as_json: bool) -> None:
+    """Replay the journal of an exported run against the current code of its workflow
+    (imported from MODULE), in this process, without running any step: every step call
+    must find its recorded entry. Prints "replayed N steps: compatible".
+
+    Exits 0 when the code replays the run (up to the end of its journal if the run was
+    unfinished), 1 on a divergence (the position, and the step recorded there against the
+    step the code calls now), 2 for an unreadable export or module. --json prints {"ok",
+    "workflow_id", "name", "replayed", "finished", "stopped_at", "divergence"}.
+    """
+    try:
+        recorded = load_export(export)
+    except PerdureError as exc:
+        fail(str(exc), EXIT_USAGE)
+    _import_user_module(module)
+    spec = registered(recorded.workflow.name)
+    if spec is None:
+        fail(f"module {module!r} registers no workflow named {recorded.workflow.name!r}",
+             EXIT_USAGE)  # fmt: skip
+    try:
+        report = replay(export, spec.fn)
+    except NonDeterminismError as exc:
+        _diverged(recorded.workflow.id, recorded.workflow.name, exc, as_json)
+    except PerdureError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
+    done = "compatible" if report.finished else "compatible up to the end of the unfinished run"
+    if as_json:
+        echo_json(_result(report.workflow_id, report.name, True, report.replayed,
+                          report.finished, report.stopped_at, None))  # fmt: skip
+    else:
+        click.echo(f"replayed {report.replayed} steps: {done}")
+
+
+def _diverged(workflow_id: str, name: str, exc: NonDeterminismError, as_json: bool) -> None:
+    if as_json:
+        divergence = {"position": exc.position, "recorded": exc.recorded,
+                      "current": exc.current, "message": str(exc)}  # fmt: skip
+        echo_json(_result(workflow_id, name, False, None, None, None, divergence))
+        raise click.exceptions.Exit(EXIT_NOT_FOUND)
+    fail(str(exc), EXIT_NOT_FOUND)
+
+
+def _result(
+    workflow_id: str,
+    name: str,
+    ok: bool,
+    replayed: int | None,
+    finished: bool | None,
+    stopped_at: str | None,
+    divergence: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {"ok": ok, "workflow_id": workflow_id, "name": name, "replayed": replayed,
+            "finished": finished, "stopped_at": stopped_at, "divergence": divergence}  # fmt: skip
