@@ -120,6 +120,42 @@ class Operations:
             raise ConfigurationError(f"limit must be at least 1, not {limit}")
         return _signals.list_approvals(self.store, pending_only, limit)
 
+    def diff(self, left_id: str, right_id: str) -> dict[str, Any]:
+        """Where two runs diverged: their journals compared entry by entry in position order
+        (replay key, step name, status, recorded output and error), as JSON-ready data:
+        ``common_steps`` (how many leading entries agree), ``divergence`` (None when the
+        journals agree; else the position and each side's entry there, None on the side that
+        ended), ``same_inputs``, each side's ``status``, and ``identical``.
+
+        Raises:
+            WorkflowNotFound: either workflow does not exist.
+        """
+        left, right = self.get(left_id), self.get(right_id)
+        journals = [self.store.load_steps(left_id), self.store.load_steps(right_id)]
+        common = 0
+        for a, b in zip(*journals, strict=False):
+            if _entry(a) != _entry(b):
+                break
+            common += 1
+        divergence = None
+        if common < max(len(j) for j in journals):
+            sides = [j[common] if common < len(j) else None for j in journals]
+            divergence = {
+                "position": common,
+                "left": None if sides[0] is None else _step_summary(sides[0]),
+                "right": None if sides[1] is None else _step_summary(sides[1]),
+            }
+        same_inputs = (left.args, left.kwargs) == (right.args, right.kwargs)
+        return {
+            "left": left_id,
+            "right": right_id,
+            "same_inputs": same_inputs,
+            "status": {"left": left.status.value, "right": right.status.value},
+            "common_steps": common,
+            "divergence": divergence,
+            "identical": divergence is None and same_inputs and left.status == right.status,
+        }
+
     # -- acting ----------------------------------------------------------------------------
 
     def start(
@@ -215,6 +251,19 @@ def failed_step(store: Store, workflow_id: str) -> StepRow | None:
                      if row.status is StepStatus.ERROR), key=lambda row: -row.position)  # fmt: skip
     key = failing_step_key(workflow.error, [(row.key, row.error) for row in failed])
     return next((row for row in failed if row.key == key), None)
+
+
+def _entry(row: StepRow) -> tuple[Any, ...]:
+    """What must agree for two journal entries to be the same step with the same outcome."""
+    return row.key, row.name, row.status, row.output, row.error
+
+
+def _step_summary(row: StepRow) -> dict[str, Any]:
+    info = StepInfo.from_row(row, ())
+    return {"position": row.position, "key": row.key, "name": row.name,
+            "status": row.status.value, "output": _admin.to_jsonable(info.output),
+            "error": None if info.error is None else
+            {"type": info.error.type, "message": info.error.message}}  # fmt: skip
 
 
 def pending_retries(

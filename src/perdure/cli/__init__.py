@@ -84,7 +84,7 @@ from ._render import (
     without_password,
     workflow_table,
 )
-from ._replay import export_command, replay_command
+from ._replay import diff_command, export_command, replay_command
 from ._serve import serve_command
 from ._worker import migrate_command, worker_command
 
@@ -449,6 +449,7 @@ cli.add_command(migrate_command)
 cli.add_command(serve_command)
 cli.add_command(export_command)
 cli.add_command(replay_command)
+cli.add_command(diff_command)
 
 
 def main() -> None:

@@ -22,8 +22,10 @@ from ._common import (
     fail,
     json_option,
     opened,
+    operations,
     reporting_errors,
 )
+from ._render import one_line
 from ._worker import _import_user_module
 
 
@@ -112,3 +114,37 @@ def _result(
 ) -> dict[str, Any]:
     return {"ok": ok, "workflow_id": workflow_id, "name": name, "replayed": replayed,
             "finished": finished, "stopped_at": stopped_at, "divergence": divergence}  # fmt: skip
+
+
+@click.command("diff", short_help="Show where two runs diverged.")
+@click.argument("left", metavar="ID1")
+@click.argument("right", metavar="ID2")
+@db_option
+@json_option
+def diff_command(left: str, right: str, db: str, as_json: bool) -> None:
+    """Compare the journals of runs ID1 and ID2 entry by entry (replay key, step name,
+    status, recorded output and error) and show the first position where they differ, with
+    each side's entry there; also whether their inputs and final statuses agree. Exit 0
+    whether or not they differ (1: a run does not exist). --json prints the comparison."""
+    with operations(db) as ops:
+        data = ops.diff(left, right)
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"{left}: {data['status']['left']}    {right}: {data['status']['right']}")
+    click.echo("inputs: " + ("the same" if data["same_inputs"] else "different"))
+    divergence = data["divergence"]
+    if divergence is None:
+        click.echo(f"journals: the same {data['common_steps']} steps")
+        return
+    click.echo(f"journals: the first {data['common_steps']} steps agree; they diverge at "
+               f"position {divergence['position']}:")  # fmt: skip
+    for side, run in (("left", left), ("right", right)):
+        entry = divergence[side]
+        if entry is None:
+            click.echo(f"  {run}: (journal ends)")
+            continue
+        outcome = entry["error"] or entry["output"]
+        text = one_line(json.dumps(outcome, ensure_ascii=False, default=str))
+        click.echo(f"  {run}: {entry['name']} [{entry['key']}] {entry['status']} "
+                   f"{text[:80]}")  # fmt: skip
