@@ -64,7 +64,7 @@ def export_run(store: Store, workflow_id: str) -> dict[str, Any]:
     row = store.get_workflow(workflow_id)
     if row is None:
         raise WorkflowNotFound(workflow_id)
-    steps = sorted(store.load_steps(workflow_id), key=lambda step: step.position)
+    steps = store.load_steps(workflow_id)  # by position, as the store returns them
     attempts = sorted(store.load_attempts(workflow_id), key=lambda a: (a.key, a.attempt))
     workflow = {name: getattr(row, name) for name in _WORKFLOW_FIELDS}
     workflow["status"] = row.status.value

@@ -35,6 +35,10 @@ from .store import StepRow, StepStatus, Store, WorkflowStatus, failing_step_key
 if TYPE_CHECKING:
     from ._engine import Engine
 
+#: keyword arguments ``Engine.start`` takes itself (a workflow's own go in ``args`` instead)
+RESERVED_KWARGS = frozenset({"self", "fn", "id"})
+#: ... and ``Engine.enqueue``
+RESERVED_QUEUE_KWARGS = RESERVED_KWARGS | {"queue", "priority"}
 #: statuses a workflow can be resumed or retried from
 RESUMABLE = (WorkflowStatus.ERROR, WorkflowStatus.CANCELLED, WorkflowStatus.DEAD_LETTER)
 
@@ -178,7 +182,7 @@ class Operations:
                 "starting a workflow needs its code: run the server with --app MODULE so the "
                 "workflow is registered in it"
             )
-        taken = {"id", "priority"} if queue is not None else {"id"}
+        taken = RESERVED_QUEUE_KWARGS if queue is not None else RESERVED_KWARGS
         clash = sorted(taken & set(kwargs or {}))
         if clash:
             raise ConfigurationError(

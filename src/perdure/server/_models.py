@@ -12,6 +12,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .._operations import RESERVED_KWARGS, RESERVED_QUEUE_KWARGS
 from ..store import WorkflowStatus
 
 __all__ = [
@@ -72,9 +73,6 @@ def _is_unicode(value: Any) -> bool:
 
 #: what a text parameter may not hold: NUL, which PostgreSQL refuses in text
 NO_NUL = r"^[^\x00]*$"
-#: keyword arguments that ``Engine.start``/``Engine.enqueue`` take themselves
-RESERVED_KWARGS = frozenset({"self", "fn", "id"})
-RESERVED_QUEUE_KWARGS = RESERVED_KWARGS | {"queue", "priority"}
 
 
 class StartRequest(_Request):
