@@ -18,6 +18,7 @@ PUBLIC = {
     "WorkflowConflictError", "WorkflowStateError", "WorkflowFailedError", "WorkflowHandle",
     "WorkflowInfo",
     "WorkflowInterrupted", "WorkflowNotFound", "WorkflowStatus", "WorkflowSuspended",
+    "CallChangedError", "PatchRemovedError", "patched", "deprecate_patch",
     "__version__", "compensate", "connection", "idempotency_key", "now", "random",
     "receive", "receive_async", "register_classifier", "set_event", "sleep", "sleep_async",
     "sleep_until", "sleep_until_async", "step", "transaction", "uuid4", "wait_for_approval",

@@ -11,12 +11,14 @@ from ._context import idempotency_key, workflow_id
 from ._decorators import step, transaction, workflow
 from ._engine import Engine
 from ._errors import (
+    CallChangedError,
     ConfigurationError,
     CorruptRecordError,
     DeadLetteredError,
     DeadlineExceededError,
     EngineClosedError,
     NonDeterminismError,
+    PatchRemovedError,
     PerdureError,
     PermanentError,
     RateLimitedError,
@@ -46,7 +48,7 @@ from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
 from ._retry import DEFAULT_RETRY, NO_RETRY, Failure, FailureKind, RetryPolicy, register_classifier
 from ._runner import compensate
 from ._signals import ApprovalInfo, ApprovalNotPending
-from ._steps import connection, now, random, uuid4
+from ._steps import connection, deprecate_patch, now, patched, random, uuid4
 from ._waits import (
     Approval,
     receive,
@@ -72,6 +74,7 @@ __all__ = [
     "AsyncEngine",
     "AsyncWorkflowHandle",
     "AttemptInfo",
+    "CallChangedError",
     "ConfigurationError",
     "CorruptRecordError",
     "DeadLetteredError",
@@ -84,6 +87,7 @@ __all__ = [
     "JsonLogFormatter",
     "LogContextFilter",
     "NonDeterminismError",
+    "PatchRemovedError",
     "PerdureError",
     "PermanentError",
     "Queue",
@@ -115,8 +119,10 @@ __all__ = [
     "__version__",
     "compensate",
     "connection",
+    "deprecate_patch",
     "idempotency_key",
     "now",
+    "patched",
     "random",
     "receive",
     "receive_async",

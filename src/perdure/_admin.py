@@ -147,7 +147,10 @@ def list_attempts(store: Store, workflow_id: str) -> list[AttemptInfo]:
 
 
 def workflow_to_dict(info: WorkflowInfo) -> dict[str, Any]:
-    """A workflow record as JSON-ready data (times as ISO 8601 UTC strings)."""
+    """A workflow record as JSON-ready data (times as ISO 8601 UTC strings), with its
+    lineage: ``version`` (the code version that started it), ``forked_from`` and
+    ``forked_at`` (for a fork: the original run and the journal position it was forked at;
+    else null)."""
     return {
         "id": info.id,
         "name": info.name,
@@ -160,6 +163,9 @@ def workflow_to_dict(info: WorkflowInfo) -> dict[str, Any]:
         "updated_at": info.updated_at.isoformat(),
         "recoveries": info.recoveries,
         "owner": info.owner,
+        "version": info.version,
+        "forked_from": info.forked_from,
+        "forked_at": info.forked_at,
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -26,9 +27,11 @@ from . import _serialize
 from ._clock import Clock, SystemClock
 from ._decorators import StepSpec
 from ._errors import (
+    CallChangedError,
     ConfigurationError,
     DeadlineExceededError,
     NonDeterminismError,
+    PatchRemovedError,
     PerdureError,
     RecordedStepError,
     SerializationError,
@@ -39,6 +42,12 @@ from ._errors import (
 )
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
+
+#: journal keys of change markers (``perdure.patched``) start with this; they take no
+#: position in a branch, so adding a ``patched()`` call moves no step's key
+PATCH_PREFIX = "patch:"
+
+log = logging.getLogger("perdure")
 
 _current: ContextVar[WorkflowContext | None] = ContextVar("perdure_workflow", default=None)
 #: the replay key of the step whose body is running (None outside step bodies)
@@ -138,6 +147,11 @@ class WorkflowContext:
         self._position = max((row.position for row in journal), default=-1) + 1
         self._positions: dict[str, int] = {}  # key -> the position its entry was given
         self._broken: NonDeterminismError | None = None
+        self._patches: dict[str, bool] = {}  # change marker key -> the branch taken
+        #: calls replayed with another fingerprint than recorded (policy "warn"), by key
+        self.call_changes: dict[str, CallChangedError] = {}
+        #: the journal is a finished run's (a replay check): nothing is past it
+        self.journal_complete = False
         self._late: DeadlineExceededError | None = None
 
     # -- keys and replay -------------------------------------------------------------------
@@ -171,6 +185,34 @@ class WorkflowContext:
         if row.status is StepStatus.SUCCESS:
             return self.decode(row, hint)
         raise rebuild_error(row.error or "{}")
+
+    def check_call(self, row: StepRow, spec: StepSpec) -> None:
+        """Before a recorded call is replayed: compare the fingerprint it was recorded with
+        (a model call's model, prompt and tools) with the current call's, and report a
+        difference by the call's policy: logged (``"warn"``, once per call per run), raised
+        (``"error"``: :class:`CallChangedError`, latched like non-determinism), or not at
+        all (``"ignore"``). Calls recorded without a fingerprint are not compared."""
+        current, recorded = spec.fingerprint, row.fingerprint
+        if current is None or recorded is None or current == recorded:
+            return
+        if spec.on_change == "ignore":
+            return
+        changes = CallChangedError.describe(recorded, current)
+        if not changes:
+            return
+        error = CallChangedError(self.workflow_id, row.key, row.name, changes)
+        if spec.on_change == "error":
+            self._broken = error
+            raise error
+        if row.key not in self.call_changes:
+            self.call_changes[row.key] = error
+            log.warning(
+                "perdure: workflow %r: the call %r at position %s was recorded with other "
+                "parameters than the code now uses (%s); its recorded answer is replayed. "
+                "on_change='error' stops such runs instead; engine.fork(id, %d) asks again",
+                self.workflow_id, row.name, row.key, "; ".join(changes), row.position,
+                extra={"perdure_call_change": error},
+            )  # fmt: skip
 
     def decode(self, row: StepRow, hint: Any) -> Any:
         """A recorded step's value, rebuilt (the first run returns this too, not the original
@@ -227,6 +269,34 @@ class WorkflowContext:
             self.suspended = wait
         return self.suspended
 
+    def patched(self, change_id: str, deprecated: bool = False) -> bool:
+        """Whether this run takes the new branch of change ``change_id`` (see
+        :func:`perdure.patched`): True if the journal holds the change's marker, or if the run
+        is past its journal here (new code is running: the marker is committed first);
+        False if the run replays entries recorded by code without the change.
+
+        Raises:
+            NonDeterminismError: ``deprecated`` and the run needs the old branch.
+        """
+        key = f"{PATCH_PREFIX}{change_id}"
+        self._used.add(key)
+        if key in self._journal:
+            return True
+        decided = self._patches.get(key)
+        if decided is not None:
+            return decided
+        branch = _branch.get() or self.root
+        replaying = self.journal_complete or f"{branch.prefix}{branch.seq}" in self._journal
+        if replaying and deprecated:
+            self._broken = PatchRemovedError(self.workflow_id, branch.prefix, change_id)
+            raise self._broken
+        if not replaying:
+            started = self.clock.time()
+            self.commit(self._row(key, "perdure.patched", StepStatus.SUCCESS,
+                                  _serialize.dumps(change_id), None, started, 1))  # fmt: skip
+        self._patches[key] = not replaying
+        return not replaying
+
     def check_complete(self) -> None:
         """At the end of a run: fail if the journal holds steps the code did not reach.
 
@@ -238,7 +308,11 @@ class WorkflowContext:
             raise self._broken
         if self.suspended is not None:
             raise self.suspended
-        missed = [row for key, row in self._journal.items() if key not in self._used]
+        missed = [
+            row
+            for key, row in self._journal.items()
+            if key not in self._used and not key.startswith(PATCH_PREFIX)
+        ]
         if missed:
             first = min(missed, key=lambda row: row.position)
             self._broken = NonDeterminismError(self.workflow_id, first.key, first.name, None)
@@ -247,7 +321,13 @@ class WorkflowContext:
     # -- recording -------------------------------------------------------------------------
 
     def success_row(
-        self, key: str, name: str, value: Any, started: float, attempts: int = 1
+        self,
+        key: str,
+        name: str,
+        value: Any,
+        started: float,
+        attempts: int = 1,
+        fingerprint: str | None = None,
     ) -> StepRow:
         """Build the journal entry for a step that returned ``value``.
 
@@ -269,14 +349,22 @@ class WorkflowContext:
                 "store the payload elsewhere (a file, a bucket) and return a reference to it; "
                 "nothing was committed"
             )
-        return self._row(key, name, StepStatus.SUCCESS, output, None, started, attempts)
+        return self._row(key, name, StepStatus.SUCCESS, output, None, started, attempts,
+                         fingerprint)  # fmt: skip
 
     def failure_row(
-        self, key: str, name: str, exc: BaseException, started: float, attempts: int = 1
+        self,
+        key: str,
+        name: str,
+        exc: BaseException,
+        started: float,
+        attempts: int = 1,
+        fingerprint: str | None = None,
     ) -> StepRow:
         """Build the journal entry for a step that raised ``exc``."""
         error = _serialize.dumps_error(exc)
-        return self._row(key, name, StepStatus.ERROR, None, error, started, attempts)
+        return self._row(key, name, StepStatus.ERROR, None, error, started, attempts,
+                         fingerprint)  # fmt: skip
 
     def _row(
         self,
@@ -287,6 +375,7 @@ class WorkflowContext:
         err: str | None,
         started: float,
         attempts: int,
+        fingerprint: str | None = None,
     ) -> StepRow:
         # A row built again for the same key (a transaction body retried by the store after
         # a lost connection) keeps its position: journal positions stay gap-free.
@@ -295,9 +384,8 @@ class WorkflowContext:
             position = self._positions[key] = self._position
             self._position += 1
         finished = self.clock.time()
-        return StepRow(
-            self.workflow_id, position, key, name, status, out, err, started, finished, attempts
-        )
+        return StepRow(self.workflow_id, position, key, name, status, out, err, started,
+                       finished, attempts, fingerprint)  # fmt: skip
 
     def commit(self, row: StepRow) -> None:
         """Write one journal entry durably.

@@ -87,6 +87,10 @@ class StepSpec:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     transactional: bool = False
+    #: what this call is made with (JSON, journaled with it), compared on replay
+    fingerprint: str | None = None
+    #: on replay with another fingerprint: "warn" (log), "error" (CallChangedError), "ignore"
+    on_change: str = "warn"
 
     def return_hint(self) -> Any:
         """The step's return annotation, or None."""

@@ -24,32 +24,32 @@ from typing import Any, Literal, TypeVar, overload
 
 from . import _runner
 from ._clock import Clock, DatabaseClock
-from ._decorators import WorkflowSpec, registered, registered_names, spec_of
+from ._decorators import WorkflowSpec, registered, spec_of
 from ._engine_ops import EngineOperations
 from ._errors import (
     ConfigurationError,
-    DeadLetteredError,
     EngineClosedError,
     PerdureError,
     SerializationError,
     UnknownWorkflowError,
     WorkflowConflictError,
-    WorkflowInterrupted,
     WorkflowNotFound,
     WorkflowStateError,
 )
+from ._fork import UNSET, fork
 from ._handle import WorkflowHandle
-from ._queues import Queue, registered_queues, resolve_queue
+from ._queues import Queue, resolve_queue
 from ._records import (
     bind_inputs,
-    decode_inputs,
     encode_inputs,
     validate_workflow_id,
 )
+from ._recovery import Recovery
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._runs import Run, Runner
-from ._serialize import UnserializableValue, dumps_error
-from ._workers import dead_workers, this_worker
+from ._serialize import UnserializableValue
+from ._versions import Compatible, Versions
+from ._workers import this_worker
 from .store import DEFAULT_BLOB_THRESHOLD, Lease, Store, WorkflowRow, WorkflowStatus, open_store
 
 log = logging.getLogger("perdure")
@@ -58,7 +58,7 @@ R = TypeVar("R")
 Outcome = _runner.Outcome
 
 
-class Engine(EngineOperations):
+class Engine(Recovery, EngineOperations):
     """Runs durable workflows against one database.
 
     Use it as a context manager (``with Engine(url) as engine:``); entering it opens the
@@ -97,6 +97,12 @@ class Engine(EngineOperations):
             journal JSON is larger than this many bytes is stored once in the blob store
             (files beside a SQLite database, a table on PostgreSQL) and the journal keeps a
             reference to it; reads fetch it back. See docs/serialization.md.
+        version: the application version recorded by every workflow started here (say, a
+            release number). Default: per workflow, a hash of its source and the names of
+            its steps. See docs/change-safety.md.
+        compatible_versions: versions of workflows started by other code that this engine
+            resumes too (their journals replay with this code), or ``"any"``. Runs of other
+            versions are left for a process running their version.
     """
 
     def __init__(
@@ -117,11 +123,14 @@ class Engine(EngineOperations):
         poll_interval: float | None = None,
         max_entry_bytes: int = 32 * 1024 * 1024,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        version: str | None = None,
+        compatible_versions: Compatible = (),
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if heartbeat_interval * 2 > lease_seconds:
             raise ConfigurationError("lease_seconds must be at least twice heartbeat_interval")
         self.url = url
+        self.versions = Versions(version, compatible_versions)
         self._durability: Literal["full", "normal"] = durability
         self._blob_threshold = blob_threshold
         self._lease = lease_seconds
@@ -359,9 +368,10 @@ class Engine(EngineOperations):
             ) from None
         now = time.time()
         deadline_at = None if spec.deadline is None else self.clock.time() + spec.deadline
+        version = None if spec.fn is _defined_elsewhere else self.versions.of(spec)
         row = WorkflowRow(
             workflow_id, spec.name, WorkflowStatus.RUNNING, inputs, None, None,
-            self.worker.id, now, now, deadline_at=deadline_at,
+            self.worker.id, now, now, deadline_at=deadline_at, version=version,
         )  # fmt: skip
         return row, args, kwargs
 
@@ -422,181 +432,57 @@ class Engine(EngineOperations):
         self._wake.set()  # back in its queue, if it never left it: the dispatcher takes it
         return WorkflowHandle(self, workflow_id)
 
-    def _signal_cancel(self, workflow_id: str) -> None:
-        self._runner.signal_cancel(workflow_id)
-        self._wake.set()  # a WAITING workflow is claimed to run its cancellation
+    def fork(
+        self,
+        workflow_id: str,
+        from_step: int,
+        new_id: str | None = None,
+        replace_output: Any = UNSET,
+    ) -> WorkflowHandle[Any]:
+        """Start a new run of a workflow that replays ``workflow_id``'s journal before
+        position ``from_step`` and executes from there on: fix step N (its code, or its
+        recorded answer with ``replace_output``) and go on, without running steps 0..N-1
+        again. The original run is never written to.
 
-    def _wake_loop(self) -> None:
-        """Resume WAITING workflows whose timer is due, whose message came, or that were
-        cancelled: at once when this engine sent the message, else every poll interval."""
-        while not self._closing.is_set():
-            try:
-                names = registered_names()
-                now = self.clock.time()
-                room = min(500, self._max_threads - self._runner.running())
-                if room > 0:  # only what can start now (see recover)
-                    for row in self.store.claim_ready(self.worker.id, names, now, room):
-                        self._resume(row)
-                self._dispatch(names)
-                due = self.store.next_wake(names)
-            except EngineClosedError:
-                return
-            except BaseException as exc:  # the waker must outlive any one failure
-                if self._closing.is_set():
-                    return
-                log.warning("perdure: waking waiting workflows failed, retrying: %s", exc)
-                due = None
-            wait = self._poll_interval or 0.1
-            if due is not None:
-                wait = min(wait, max(0.0, due - self.clock.time()))
-            self._wake.wait(wait)
-            self._wake.clear()
+        Args:
+            workflow_id: the run to fork, in any status (a running one included: its journal
+                as committed now).
+            from_step: the first journal position to execute again (positions as
+                ``perdure show`` and ``list_steps`` number them).
+            new_id: the fork's id (default: ``<id>-fork-<8 hex digits>``).
+            replace_output: a value recorded as the result of the entry at ``from_step``
+                (a corrected model answer, a tool result); the fork goes on from the next
+                position.
 
-    def _dispatch(self, names: list[str]) -> None:
-        """Take workflows off the queues declared here, as their limits and this engine's
-        free capacity allow, and run them."""
-        for queue in registered_queues():
-            room = min(100, self._max_threads - self._runner.running())
-            if room <= 0:
-                return
-            for row in self.store.dequeue(self.worker.id, queue.name, names, room, queue.limits):
-                self._resume(row, fresh=True)
+        Returns:
+            A handle on the fork. It runs here when its workflow is registered here (under
+            this engine's code version), else it waits for a worker that has it.
+
+        Raises:
+            WorkflowNotFound, ConfigurationError (``from_step`` out of range),
+            SerializationError (``replace_output``), WorkflowConflictError (``new_id`` taken).
+        """
+        original = self.get_workflow(workflow_id)
+        spec = registered(original.name)
+        row, created = fork(
+            self.store, workflow_id, from_step, new_id=new_id, replace_output=replace_output,
+            owner=self.worker.id if spec is not None else None,
+            version=self.versions.of(spec) if spec is not None else original.version,
+            deadline_at=None if spec is None or spec.deadline is None
+            else self.clock.time() + spec.deadline,
+        )  # fmt: skip
+        if created and spec is not None:
+            self._resume(row)
+        elif created:
+            self._wake.set()
+        return WorkflowHandle(self, row.id)
 
     def _local_run(self, workflow_id: str) -> Run | None:
         return self._runner.local(workflow_id)
 
-    # -- recovery --------------------------------------------------------------------------
-
-    def recover(self) -> list[WorkflowHandle[Any]]:
-        """Take over and resume unfinished workflows whose worker died or stopped.
-
-        Runs by itself when the engine opens and every ``recovery_interval`` seconds (every
-        heartbeat while a backlog remains). Each call takes at most what this engine can start
-        at once (``max_threads`` minus what it runs), so the work of a dead worker spreads
-        over the live ones instead of piling onto the first to look. Workflows whose name is not
-        registered here are left alone and logged as errors.
-
-        Returns:
-            Handles on the workflows this call resumed.
-        """
-        store = self.store
-        workers = store.list_workers()
-        dead = dead_workers(workers, self.worker)
-        handles: list[WorkflowHandle[Any]] = []
-        # Take only what can start now: a workflow claimed but left waiting for a thread
-        # would count as a stall if this worker died too, and could be dead-lettered
-        # without ever having run.
-        room = self._max_threads - self._runner.running()
-        claimed = store.claim(self.worker.id, registered_names(), dead, room) if room > 0 else []
-        self._backlog = room <= 0 or len(claimed) == room
-        for row in claimed:
-            if self._resume(row):
-                handles.append(WorkflowHandle(self, row.id))
-        self._release_strays()
-        self._report_unregistered(dead)
-        expired = [w.id for w in workers if w.expires_at < time.time() - 10 * self._lease]
-        store.forget_workers(dead + expired)
-        return handles
-
-    def _release_strays(self) -> None:
-        """Give back workflows the database says this engine holds but it does not run: a
-        claim whose acknowledgement was lost with the connection (the claim committed, the
-        engine never learned it). Left alone, they would wait for this worker to die."""
-        cutoff = self.clock.time() - self._lease  # rows carry the database's time
-        for row in self.store.owned(self.worker.id):
-            lease = row.lease
-            if (row.status is WorkflowStatus.RUNNING and row.updated_at < cutoff
-                    and lease is not None and self._runner.local(row.id) is None):  # fmt: skip
-                log.warning("perdure: workflow %r was held but not run here; releasing it", row.id)
-                self._give_back(row.id, lease)
-
-    def _claim_and_launch(self, workflow_id: str) -> None:
-        for row in self.store.claim(self.worker.id, registered_names(), [], 1, workflow_id):
-            self._resume(row)
-
-    def _resume(self, row: WorkflowRow, fresh: bool = False) -> bool:
-        """Launch a claimed workflow (``fresh``: it never ran, its journal is empty); on any
-        failure give it back. Returns whether launched."""
-        lease = row.lease
-        assert lease is not None
-        if row.stalls > self._max_recoveries:
-            self._dead_letter(row, lease)
-            return False
-        try:
-            spec = registered(row.name)
-            if spec is None:
-                raise UnknownWorkflowError(row.name, " (it was unregistered during recovery)")
-            try:
-                args, kwargs = decode_inputs(row.inputs, spec.hints())
-            except SerializationError as exc:
-                log.error("perdure: workflow %r cannot read its inputs: %s", row.id, exc)
-                self._runner.finish(row.id, lease, (WorkflowStatus.ERROR, None, dumps_error(exc)))
-                return False
-            log.info("perdure: resuming workflow %r (%s)", row.id, row.name)
-            self._runner.launch(spec, row, args, kwargs, fresh=fresh)
-            return True
-        except BaseException as exc:
-            log.warning("perdure: could not resume %r, giving it back: %s", row.id, exc)
-            self._give_back(row.id, lease)
-            return False
-
-    def _dead_letter(self, row: WorkflowRow, lease: Lease) -> None:
-        error = DeadLetteredError(
-            f"workflow {row.id!r} ({row.name}) was taken over {row.stalls} times in a row after "
-            f"its worker died, without journaling a single step in between (limit "
-            f"{self._max_recoveries}): it keeps killing the processes that run it, so it is not "
-            "run again. Its journal is intact: fix the cause, then engine.resume(id)"
-        )
-        log.error("perdure: %s", error)
-        try:
-            self._runner.finish(
-                row.id, lease, (WorkflowStatus.DEAD_LETTER, None, dumps_error(error))
-            )
-        except WorkflowInterrupted:
-            self._give_back(row.id, lease)
-
-    def _give_back(self, workflow_id: str, lease: Lease, stalled: bool = False) -> None:
-        """Release a workflow this engine holds but will not run; retried until it works.
-        ``stalled``: the run crashed, which counts toward dead-lettering a poison workflow."""
-        try:
-            assert self._store is not None
-            self._store.release_workflow(workflow_id, lease, stalled)
-            self._unreleased.pop(workflow_id, None)
-        except PerdureError:
-            self._unreleased[workflow_id] = (lease, stalled)
-
-    def _report_unregistered(self, dead: list[str]) -> None:
-        orphans = self.store.orphaned_names(self.worker.id, dead)
-        now = time.monotonic()
-        for name, count in orphans.items():
-            if registered(name) is None and now - self._reported.get(name, -1e9) > 60:
-                self._reported[name] = now
-                log.error(
-                    "perdure: %d unfinished workflow(s) named %r wait for a process that has "
-                    "that workflow registered; import its module in a worker to resume them",
-                    count,
-                    name,
-                )
-
-    def _maintain(self) -> None:
-        next_recovery = time.monotonic() + self._recovery_interval
-        while not self._closing.wait(self._heartbeat_interval):
-            try:
-                self.store.heartbeat(self.worker, self._lease)
-                self._measure_clock()
-                for workflow_id in self.store.cancel_requests(self.worker.id):
-                    self._signal_cancel(workflow_id)
-                for workflow_id, (lease, stalled) in list(self._unreleased.items()):
-                    self._give_back(workflow_id, lease, stalled)
-                if self._auto_recover and (self._backlog or time.monotonic() >= next_recovery):
-                    next_recovery = time.monotonic() + self._recovery_interval
-                    self.recover()
-            except EngineClosedError:
-                return
-            except BaseException as exc:  # the heartbeat must outlive any one failure
-                if self._closing.is_set():
-                    return
-                log.warning("perdure: maintenance failed, retrying: %s", exc)
+    def _signal_cancel(self, workflow_id: str) -> None:
+        self._runner.signal_cancel(workflow_id)
+        self._wake.set()  # a WAITING workflow is claimed to run its cancellation
 
 
 def _same_run(stored: WorkflowRow, row: WorkflowRow) -> None:

@@ -6,6 +6,8 @@
     ├── ConfigurationError            bad arguments or settings, found before anything ran
     ├── SerializationError            a value cannot go into (or come out of) the journal
     ├── NonDeterminismError           replay met a different step than the journal recorded
+    │   ├── PatchRemovedError         a run needs the old branch of a deprecated patch
+    │   └── CallChangedError          a model call replays with another model, prompt, tools
     ├── WorkflowNotFound              no workflow with that id in the store
     ├── UnknownWorkflowError          the workflow's name is not registered in this process
     ├── WorkflowConflictError         an id reused with another workflow or other inputs
@@ -33,6 +35,8 @@ Exception`` must not swallow it.
 """
 
 from __future__ import annotations
+
+import json
 
 
 class PerdureError(Exception):
@@ -83,12 +87,91 @@ class NonDeterminismError(PerdureError):
         super().__init__(
             f"workflow {workflow_id!r}: {what}. The workflow's code changed since this run "
             "started. Nothing in the journal was changed: deploy the previous code (or keep "
-            "both paths in the code for runs started before the change), then "
-            "engine.resume(id) to finish this run."
+            "both paths in the code, chosen by perdure.patched(), for runs started before "
+            "the change), then engine.resume(id) to finish this run."
         )
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.workflow_id, self.position, self.recorded, self.current))
+
+
+class PatchRemovedError(NonDeterminismError):
+    """``perdure.deprecate_patch(change_id)`` was reached by a run recorded without the
+    change: that run still needs the old branch, which the code no longer has.
+
+    Attributes:
+        change_id: the change.
+    """
+
+    def __init__(self, workflow_id: str, branch: str, change_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.position = f"{branch}patch:{change_id}"
+        self.recorded = None
+        self.current = f"perdure.deprecate_patch({change_id!r})"
+        self.change_id = change_id
+        self._branch = branch
+        PerdureError.__init__(
+            self,
+            f"workflow {workflow_id!r} started before change {change_id!r} and replays down "
+            f"the old branch, but the code calls perdure.deprecate_patch({change_id!r}): the "
+            "old branch is gone. Nothing in the journal was changed: deploy code that still "
+            f"has `if perdure.patched({change_id!r}): ... else: ...` until runs started before "
+            "the change have finished, then engine.resume(id).",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.workflow_id, self._branch, self.change_id))
+
+
+class CallChangedError(NonDeterminismError):
+    """A journaled call (a model call) is replayed with other parameters than it was
+    recorded with: another model, prompt or set of tools (``changes`` says which).
+
+    Raised on replay when the call's policy is ``"error"``; with ``"warn"`` it is logged.
+
+    Attributes:
+        name: the call's step name.
+        changes: what differs, one phrase each (``"model 'a' -> 'b'"``, ``"tools changed"``).
+    """
+
+    def __init__(self, workflow_id: str, position: str, name: str, changes: list[str]) -> None:
+        self.workflow_id = workflow_id
+        self.position = position
+        self.recorded = self.current = self.name = name
+        self.changes = list(changes)
+        PerdureError.__init__(
+            self,
+            f"workflow {workflow_id!r}: the call {name!r} at position {position} was recorded "
+            f"with other parameters than the code now uses ({'; '.join(changes)}). Replaying "
+            "returns the recorded answer, which the new prompt might not have produced. "
+            "Nothing in the journal was changed: deploy the previous prompt, or accept the "
+            "recorded answers with on_change='warn', or fork the run from this position "
+            "(engine.fork) to ask the model again.",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.workflow_id, self.position, self.name, self.changes))
+
+    @staticmethod
+    def describe(recorded: str, current: str) -> list[str]:
+        """What differs between two call fingerprints (JSON objects of named parts): the
+        model by value, other parts by name (they are hashes)."""
+        try:
+            was, now = json.loads(recorded), json.loads(current)
+        except ValueError:
+            return ["parameters changed"]
+        if not isinstance(was, dict) or not isinstance(now, dict):
+            return [] if was == now else ["parameters changed"]
+        changes = []
+        for part in sorted(set(was) | set(now)):
+            before, after = was.get(part), now.get(part)
+            if before == after:
+                continue
+            if part == "model":
+                changes.append(f"model {before!r} -> {after!r}")
+            else:
+                changes.append(f"{part} changed")
+        return changes
 
 
 class WorkflowNotFound(PerdureError):

@@ -9,11 +9,18 @@ appear inline. Layout::
 
     {"format": "perdure.run/1", "exported_at": <epoch seconds>,
      "workflow": {"id", "name", "status", "inputs", "output", "error", "created_at",
-                  "updated_at", "deadline_at", "recoveries"},
+                  "updated_at", "deadline_at", "recoveries", "version", "forked_from",
+                  "forked_at"},
      "steps":    [{"position", "key", "name", "status", "output", "error",
-                   "started_at", "finished_at", "attempts"}, ...],
+                   "started_at", "finished_at", "attempts", "fingerprint"}, ...],
      "attempts": [{"key", "attempt", "name", "error", "started_at", "failed_at",
                    "retry_at"}, ...]}
+
+A step's ``fingerprint`` (what a model call was made with: its model and the hashes of its
+prompt template and tools, JSON text; null for other steps) is optional: exports written
+before it existed load without it, and their calls are not compared on replay. So are the
+workflow's ``version`` (the code version that started it), ``forked_from`` and
+``forked_at``.
 
 A later format is a new version string (``perdure.run/2``) with a documented migration;
 :func:`load_export` refuses versions it does not know rather than guessing.
@@ -36,6 +43,10 @@ _WORKFLOW_FIELDS = ("id", "name", "status", "inputs", "output", "error", "create
                     "updated_at", "deadline_at", "recoveries")  # fmt: skip
 _STEP_FIELDS = ("position", "key", "name", "status", "output", "error", "started_at",
                 "finished_at", "attempts")  # fmt: skip
+#: workflow fields an export may lack (the code version that started the run; a fork's origin)
+_OPTIONAL_WORKFLOW = ("version", "forked_from", "forked_at")
+#: step fields an export may lack (written by a perdure that did not record them yet)
+_OPTIONAL_STEP_FIELDS = ("fingerprint",)
 _ATTEMPT_FIELDS = ("key", "attempt", "name", "error", "started_at", "failed_at", "retry_at")
 
 
@@ -66,7 +77,7 @@ def export_run(store: Store, workflow_id: str) -> dict[str, Any]:
         raise WorkflowNotFound(workflow_id)
     steps = store.load_steps(workflow_id)  # by position, as the store returns them
     attempts = sorted(store.load_attempts(workflow_id), key=lambda a: (a.key, a.attempt))
-    workflow = {name: getattr(row, name) for name in _WORKFLOW_FIELDS}
+    workflow = {name: getattr(row, name) for name in _WORKFLOW_FIELDS + _OPTIONAL_WORKFLOW}
     workflow["status"] = row.status.value
     return {
         "format": FORMAT,
@@ -78,7 +89,7 @@ def export_run(store: Store, workflow_id: str) -> dict[str, Any]:
 
 
 def _step_dict(step: StepRow) -> dict[str, Any]:
-    data = {name: getattr(step, name) for name in _STEP_FIELDS}
+    data = {name: getattr(step, name) for name in (*_STEP_FIELDS, *_OPTIONAL_STEP_FIELDS)}
     data["status"] = step.status.value
     return data
 
@@ -120,6 +131,9 @@ def _workflow(workflow: dict[str, Any]) -> WorkflowRow:
             updated_at=float(workflow["updated_at"]),
             recoveries=int(workflow["recoveries"]),
             deadline_at=None if deadline is None else float(deadline),
+            version=_optional_text(workflow.get("version"), "workflow.version"),
+            forked_from=_optional_text(workflow.get("forked_from"), "workflow.forked_from"),
+            forked_at=None if workflow.get("forked_at") is None else int(workflow["forked_at"]),
         )
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"export field 'workflow' is malformed: {exc}") from None
@@ -145,6 +159,7 @@ def _step(workflow_id: str, item: Any, index: int) -> StepRow:
             _optional_text(step["output"], f"{where}.output"),
             _optional_text(step["error"], f"{where}.error"), float(step["started_at"]),
             float(step["finished_at"]), int(step["attempts"]),
+            _optional_text(step.get("fingerprint"), f"{where}.fingerprint"),
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"export field {where} is malformed: {exc}") from None

@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _admin, _signals
+from . import _admin, _fork, _signals
 from ._errors import (
     ConfigurationError,
     SerializationError,
@@ -226,6 +226,48 @@ class Operations:
         elif not self.store.reset_workflow(workflow_id, retry_failed_step):
             raise WorkflowStateError(f"workflow {workflow_id!r} changed state meanwhile")
         return self.get(workflow_id)
+
+    def fork(
+        self,
+        workflow_id: str,
+        from_step: int,
+        new_id: str | None = None,
+        replace_output: Any = _fork.UNSET,
+    ) -> WorkflowInfo:
+        """Create a new run of a workflow that replays its journal before ``from_step`` and
+        executes from there on (see :meth:`perdure.Engine.fork`); the original is only read.
+
+        With an engine here, the engine forks it (and runs it at once when the workflow is
+        registered here, under the engine's code version). Without one, the fork is recorded
+        PENDING with the original's code version, and a worker running that version (or
+        declaring it compatible) takes it at its next recovery sweep.
+
+        Args:
+            workflow_id: the run to fork, in any status.
+            from_step: the first journal position the fork executes again.
+            new_id: the fork's id (default: ``<id>-fork-<8 hex digits>``).
+            replace_output: the value the entry at ``from_step`` records instead of its own;
+                the fork then executes from ``from_step + 1``. Absent: no replacement.
+
+        Returns:
+            The fork's record.
+
+        Raises:
+            WorkflowNotFound: no such workflow.
+            ConfigurationError: ``from_step`` is out of the journal's range, or ``new_id`` is
+                not a valid id.
+            SerializationError: ``replace_output`` cannot be journaled.
+            WorkflowConflictError: ``new_id`` names another workflow.
+        """
+        if self.engine is not None:
+            handle = self.engine.fork(workflow_id, from_step, new_id, replace_output)
+            return self.get(handle.id)
+        original = self.get(workflow_id)
+        row, _ = _fork.fork(
+            self.store, workflow_id, from_step, new_id=new_id, replace_output=replace_output,
+            owner=None, version=original.version,
+        )  # fmt: skip
+        return WorkflowInfo.from_row(row)
 
     def send(
         self, workflow_id: str, topic: str, payload: Any, idempotency_key: str | None = None

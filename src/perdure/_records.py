@@ -47,6 +47,9 @@ class WorkflowInfo:
         recoveries: how many times a worker took it over after another stopped or died.
         owner: the worker running it now, if any.
         queue: the queue it was enqueued on, if any.
+        version: the version of the code that started it (see docs/change-safety.md).
+        forked_from, forked_at: for a fork, the run it was forked from and the journal
+            position it executes from.
     """
 
     id: str
@@ -61,6 +64,9 @@ class WorkflowInfo:
     recoveries: int
     owner: str | None
     queue: str | None = None
+    version: str | None = None
+    forked_from: str | None = None
+    forked_at: int | None = None
 
     @classmethod
     def from_row(cls, row: WorkflowRow) -> WorkflowInfo:
@@ -82,6 +88,9 @@ class WorkflowInfo:
             recoveries=row.recoveries,
             owner=row.owner,
             queue=row.queue,
+            version=row.version,
+            forked_from=row.forked_from,
+            forked_at=row.forked_at,
         )
 
 

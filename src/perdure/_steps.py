@@ -76,7 +76,8 @@ def _plan(
         type_name, message = _serialize.error_summary(_serialize.dumps_error(exc))
         final = StepFailedError(spec.name, attempt, type_name, message)
         final.__cause__ = exc
-    return _GiveUp(ctx.failure_row(key, spec.name, final, started, attempt), final)
+    row = ctx.failure_row(key, spec.name, final, started, attempt, spec.fingerprint)
+    return _GiveUp(row, final)
 
 
 def _earlier_attempts(ctx: WorkflowContext, key: str, spec: StepSpec) -> list[AttemptRow]:
@@ -98,6 +99,7 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
     key = ctx.reserve()
     row = ctx.lookup(key, spec.name)
     if row is not None:
+        ctx.check_call(row, spec)
         return ctx.replay(row, spec.return_hint())
     earlier = _earlier_attempts(ctx, key, spec)
     while True:
@@ -128,7 +130,9 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
                 continue
             finally:
                 _in_step.reset(token)
-            row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+            row = ctx.success_row(
+                key, spec.name, value, started, len(earlier) + 1, spec.fingerprint
+            )
             ctx.commit(row)
             attempt.succeeded(row.output)
             return ctx.decode(row, spec.return_hint())
@@ -163,7 +167,7 @@ def _run_transaction(
             raise _BodyFailed(exc) from exc
         finally:
             _connection.reset(token)
-        return ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+        return ctx.success_row(key, spec.name, value, started, len(earlier) + 1, spec.fingerprint)
 
     row = ctx.transact(key, body)
     if row.name != spec.name:  # journaled by an earlier commit whose acknowledgement was lost
@@ -245,6 +249,7 @@ async def _run_step_async(
 ) -> Any:
     row = ctx.lookup(key, spec.name)
     if row is not None:
+        ctx.check_call(row, spec)
         return ctx.replay(row, spec.return_hint())
     earlier = _earlier_attempts(ctx, key, spec)
     while True:
@@ -272,7 +277,9 @@ async def _run_step_async(
                 continue
             finally:
                 _in_step.reset(token)
-            row = ctx.success_row(key, spec.name, value, started, len(earlier) + 1)
+            row = ctx.success_row(
+                key, spec.name, value, started, len(earlier) + 1, spec.fingerprint
+            )
             await ctx.commit_async(row)
             attempt.succeeded(row.output)
             return ctx.decode(row, spec.return_hint())
@@ -343,3 +350,54 @@ def random() -> float:
 def uuid4() -> _uuid.UUID:
     """A random UUID, journaled: replay returns the same UUID."""
     return call_step_sync(_UUID4, (), {})  # type: ignore[no-any-return]
+
+
+# -- changes of workflow code ----------------------------------------------------------------
+
+
+def patched(change_id: str) -> bool:
+    """Whether this run takes the new code of change ``change_id``: a compatible way to
+    change a workflow while runs started by the old code are in flight.
+
+    ``if perdure.patched("send-receipt"): new() else: old()``: a run that reaches this point
+    while executing new code takes the new branch, and a marker recording that is
+    committed first; a run replaying what older code recorded (its next step at this point
+    is in the journal, with no marker) takes the old branch, so its replay still meets the
+    steps it recorded. Both answers are deterministic: every replay of a run gets the same
+    one. The marker takes no step position, so adding the call moves no other step.
+
+    Once no run started before the change is unfinished, replace the ``if`` with
+    :func:`deprecate_patch` and the new branch; later, remove that call too. See
+    docs/change-safety.md. Outside a workflow (and inside a step body) it returns True.
+
+    Raises:
+        ConfigurationError: ``change_id`` is not a non-empty string of printable characters.
+    """
+    _check_change_id(change_id)
+    ctx = current()
+    return True if ctx is None else ctx.patched(change_id)
+
+
+def deprecate_patch(change_id: str) -> None:
+    """Mark that the old branch of change ``change_id`` is gone from the code (step two of
+    removing a :func:`patched` call). New runs record the change's marker as with
+    ``patched``; a run recorded without the change (it would need the old branch) fails at
+    once with :class:`~perdure.PatchRemovedError`, before any step of the new branch runs.
+
+    Raises:
+        PatchRemovedError: inside such a run.
+        ConfigurationError: ``change_id`` is not a non-empty string of printable characters.
+    """
+    _check_change_id(change_id)
+    ctx = current()
+    if ctx is not None:
+        ctx.patched(change_id, deprecated=True)
+
+
+def _check_change_id(change_id: str) -> None:
+    if not isinstance(change_id, str) or not change_id or not change_id.isprintable():
+        raise ConfigurationError(
+            f"a change id is a non-empty string of printable characters, not {change_id!r}"
+        )
+    if len(change_id) > 200:
+        raise ConfigurationError(f"a change id has at most 200 characters ({change_id[:20]}...)")

@@ -78,7 +78,8 @@ class Workers:
     folder: Path
     started: list[Worker] = field(default_factory=list)
 
-    def start(self) -> Worker:
+    def start(self, *extra: str) -> Worker:
+        """Start a worker (``extra``: more options of ``perdure worker``); return it ready."""
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -92,6 +93,7 @@ class Workers:
                 "ops",
                 "--shutdown-grace",
                 "0.5",
+                *extra,
             ],
             cwd=self.folder,
             stdout=subprocess.PIPE,

@@ -1,7 +1,8 @@
 """The web dashboard of ``perdure serve``, driven in a real headless Chromium (Debian's
 ``chromium``, through Playwright with ``executable_path``): sign in with a token, find a run in
 the runs list, open its step timeline, approve its pending approval by a click and watch the
-workflow complete; a read-only token gets no Approve button.
+workflow complete; retry a failed step; fork a run from a journal entry with a replacement
+output and land on the new run; a read-only token gets no Approve nor Fork button.
 
 A screenshot of each page is saved under ``$PERDURE_ARTIFACTS/dashboard/`` (default:
 ``artifacts/dashboard/`` in the repository) and its path printed.
@@ -10,6 +11,8 @@ A screenshot of each page is saved under ``$PERDURE_ARTIFACTS/dashboard/`` (defa
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,33 @@ def restock(sku: str) -> int:
     return check_stock(sku)
 
 
+ran: Counter[str] = Counter()  # step bodies of dashboard_answer that ran
+model = {"answer": "Berlin"}
+
+
+@perdure.step
+def find_sources(question: str) -> list[str]:
+    ran["find_sources"] += 1
+    return [f"an atlas on {question}"]
+
+
+@perdure.step(name="draft_answer")
+def draft_answer(sources: list[str]) -> str:
+    ran["draft_answer"] += 1
+    return model["answer"]
+
+
+@perdure.step
+def publish_answer(answer: str) -> str:
+    ran["publish_answer"] += 1
+    return f"answer: {answer}"
+
+
+@perdure.workflow(name="dashboard_answer")
+def answer_question(question: str) -> str:
+    return publish_answer(draft_answer(find_sources(question)))
+
+
 # -- fixtures ----------------------------------------------------------------------------------
 
 
@@ -129,6 +159,8 @@ def page(browser: Browser) -> Iterator[Page]:
 def engine(tmp_path: Path) -> Iterator[perdure.Engine]:
     attempts.clear()
     stock_service_down["on"] = True
+    ran.clear()
+    model["answer"] = "Berlin"
     with perdure.Engine(f"sqlite:///{tmp_path / 'perdure.db'}", shutdown_grace=0.5) as eng:
         yield eng
 
@@ -256,6 +288,8 @@ def test_a_read_token_sees_the_inbox_but_cannot_decide(
     expect(page.get_by_test_id("run-status")).to_have_text("WAITING")
     expect(page.get_by_test_id("read-only")).to_be_visible()
     expect(page.get_by_test_id("cancel")).to_have_count(0)
+    expect(page.get_by_test_id("step").first).to_be_visible()
+    expect(page.get_by_test_id("fork-from-here")).to_have_count(0)
     assert handle.status() is perdure.WorkflowStatus.WAITING
 
     page.get_by_test_id("sign-out").click()
@@ -286,3 +320,53 @@ def test_an_operator_retries_a_failed_step_from_the_run_page(
     expect(page.get_by_test_id("run-status")).to_have_text("SUCCESS")
     expect(page.get_by_test_id("run-output")).to_have_text("3")
     assert handle.result(timeout=15) == 3
+
+
+def test_an_operator_forks_a_run_from_a_journal_entry(
+    engine: perdure.Engine, base_url: str, page: Page
+) -> None:
+    assert engine.run(answer_question, "France", id="question-1", timeout=15) == "answer: Berlin"
+    version = engine.get_workflow("question-1").version
+    assert version is not None and ran == Counter(find_sources=1, draft_answer=1,
+                                                  publish_answer=1)  # fmt: skip
+    sign_in(page, base_url, OPERATOR_TOKEN)
+    page.get_by_role("link", name="question-1").click()
+    expect(page.get_by_test_id("run-status")).to_have_text("SUCCESS")
+    expect(page.get_by_test_id("run-version")).to_have_text(version)
+    expect(page.get_by_test_id("run-forked-from")).to_have_count(0)
+
+    # Fork from the model's answer (#1), recording the corrected answer in its place.
+    entry = page.locator('[data-testid="step"][data-position="1"]')
+    expect(entry.get_by_test_id("step-name")).to_have_text("draft_answer")
+    entry.get_by_role("button", name="Fork from here").click()
+    form = entry.get_by_test_id("fork-form")
+    expect(form).to_contain_text("replays entry #0")
+    output = form.get_by_label("Replacement output (JSON, optional)")
+    output.fill("Paris")  # not JSON: refused in the page, nothing is sent
+    form.get_by_test_id("fork-confirm").click()
+    expect(form.get_by_test_id("fork-error")).to_contain_text("not JSON")
+    assert [w.id for w in engine.list_workflows()] == ["question-1"]
+    output.fill('"Paris"')
+    expect(form.get_by_test_id("fork-error")).to_be_empty()
+    screenshot(page, "8-fork-form")
+    form.get_by_test_id("fork-confirm").click()
+
+    # The page moves on to the new run, which replayed #0 and #1 and ran #2.
+    expect(page).to_have_url(re.compile(r"#/runs/question-1-fork-[0-9a-f]{8}$"))
+    fork_id = page.get_by_test_id("run-id").inner_text()
+    expect(page.get_by_test_id("run-forked-from")).to_have_text("question-1 at entry #1")
+    expect(page.get_by_test_id("run-status")).to_have_text("SUCCESS")
+    expect(page.get_by_test_id("run-output")).to_have_text('"answer: Paris"')
+    expect(page.get_by_test_id("step")).to_have_count(3)
+    screenshot(page, "9-forked-run")
+    assert ran == Counter(find_sources=1, draft_answer=1, publish_answer=2)
+    assert engine.handle(fork_id).result(timeout=15) == "answer: Paris"
+
+    # The runs list shows both; the original is unchanged.
+    page.get_by_test_id("nav-runs").click()
+    rows = page.get_by_test_id("run-row")
+    expect(rows).to_have_count(2)
+    forked_row = page.locator(f'[data-testid="run-row"][data-id="{fork_id}"]')
+    expect(forked_row.get_by_test_id("run-row-status")).to_have_text("SUCCESS")
+    page.get_by_role("link", name="question-1", exact=True).click()
+    expect(page.get_by_test_id("run-output")).to_have_text('"answer: Berlin"')

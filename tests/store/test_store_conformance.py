@@ -381,6 +381,7 @@ def test_sqlite_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
         (4, "0004_queues.sql"),
         (5, "0005_blobs.sql"),
         (6, "0006_rate_limits.sql"),
+        (7, "0007_versions.sql"),
     ]
     assert mode == "wal"
 
@@ -460,6 +461,7 @@ def test_postgres_migrations_are_recorded_once_even_when_racing(pg_url: str) -> 
         (4, "0004_queues.sql"),
         (5, "0005_blobs.sql"),
         (6, "0006_rate_limits.sql"),
+        (7, "0007_versions.sql"),
     ]
 
 

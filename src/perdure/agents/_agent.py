@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import NonDeterminismError, PerdureError, SerializationError
-from ._llm import _Durable, durable, provider_of
+from ._fingerprint import OnChange
+from ._llm import _Durable, durable, provider_of, with_policy
 from ._tools import Tool, ToolRejected
 
 
@@ -76,7 +77,14 @@ class Agent:
         tools: the tools the model may call.
         instructions: the system prompt.
         max_turns: the most model calls in one run; past it, ``TurnBudgetExceeded``.
+        on_change: what a resumed run does when a model call it replays was recorded with
+            another model, instructions or tools (see :func:`~perdure.agents.durable`):
+            ``"warn"``, ``"error"`` or ``"ignore"``. Default: the durable client's policy,
+            or ``"warn"`` for a client the agent wraps itself.
         **params: more arguments for every model call (``temperature``, ``max_tokens``...).
+
+    Raises:
+        ConfigurationError: not an official SDK client, or an unknown ``on_change``.
     """
 
     def __init__(
@@ -86,11 +94,15 @@ class Agent:
         tools: Sequence[Tool[Any, Any]] = (),
         instructions: str | None = None,
         max_turns: int = 20,
+        on_change: OnChange | None = None,
         **params: Any,
     ) -> None:
         raw = client._client if isinstance(client, _Durable) else client
         self.provider = provider_of(raw)
-        self.client = client if isinstance(client, _Durable) else durable(client)
+        if not isinstance(client, _Durable):
+            self.client = durable(client, on_change="warn" if on_change is None else on_change)
+        else:
+            self.client = client if on_change is None else with_policy(client, on_change)
         self.is_async = type(raw).__name__.startswith("Async")
         self.model, self.instructions, self.max_turns = model, instructions, max_turns
         self.tools = {t.name: t for t in tools}

@@ -19,14 +19,16 @@ Retry-After, 5xx, connection errors): the SDK's own retries are switched off ins
 
 ``stream=True, on_chunk=fn`` streams the events to ``fn`` live and journals the assembled
 response (:mod:`._stream`); ``rate_limit=`` takes room from a window shared through the
-database before each attempt is sent (:mod:`._rate`).
+database before each attempt is sent (:mod:`._rate`). Each call is journaled with a
+fingerprint of its model, prompt template and tools (:mod:`._fingerprint`); a replay that
+meets another fingerprint reports it by ``on_change=``.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from .._context import current
@@ -34,6 +36,7 @@ from .._decorators import StepSpec
 from .._errors import ConfigurationError
 from .._retry import RetryPolicy
 from .._steps import call_step_async, call_step_sync
+from ._fingerprint import OnChange, checked_policy, fingerprint
 from ._rate import RateLimits, checked, limited_async, limited_sync
 from ._stream import consume, consume_async, replay, replay_async, streaming
 
@@ -85,6 +88,7 @@ def durable(
     retry: RetryPolicy | None = None,
     redact: Redact | None = None,
     rate_limit: RateLimits | None = None,
+    on_change: OnChange = "warn",
 ) -> C:
     """Wrap an official SDK client so that its model calls are durable steps.
 
@@ -98,19 +102,36 @@ def durable(
         rate_limit: a ``RateLimit`` for every model of the client, or a dict of them by model
             name (``"*"``: the other models), shared by every workflow and worker of the
             database under the key ``"<provider>:<model>"`` (see docs/agents.md).
+        on_change: what a resumed run does when it replays a call whose model, prompt
+            template (system and developer messages, instructions), tools or output format
+            differ from what the call was recorded with: ``"warn"`` logs it and replays the
+            recorded answer; ``"error"`` stops the run with ``perdure.CallChangedError``
+            before any new side effect; ``"ignore"`` replays silently.
 
     Returns:
         A stand-in for the client, typed as the client.
 
     Raises:
-        ConfigurationError: not one of those clients, or ``rate_limit`` is not a
-            ``RateLimit`` or a dict of them.
+        ConfigurationError: not one of those clients, ``rate_limit`` is not a
+            ``RateLimit`` or a dict of them, or ``on_change`` is not a known policy.
     """
     provider = provider_of(client)
+    policy = checked_policy(on_change)
     # perdure retries (journaled, classified): the SDK's own retries are off in the steps
     bare = client.with_options(max_retries=0)  # type: ignore[attr-defined]
-    options = _Options(client, bare, provider, retry, redact, checked(rate_limit))
+    options = _Options(client, bare, provider, retry, redact, checked(rate_limit), policy)
     return _Durable(options, ())  # type: ignore[return-value]
+
+
+def with_policy(client: _Durable, on_change: str) -> _Durable:
+    """The same wrapped client with another ``on_change`` policy (an ``Agent`` given an
+    already durable client and its own policy).
+
+    Raises:
+        ConfigurationError: ``on_change`` is not a known policy.
+    """
+    options = replace(client._options, on_change=checked_policy(on_change))
+    return _Durable(options, client._path)
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,8 @@ class _Options:
     retry: RetryPolicy | None
     redact: Redact | None
     rate_limit: RateLimits | None = None
+    #: the replay policy for a call whose fingerprint changed: "warn", "error" or "ignore"
+    on_change: str = "warn"
 
 
 class _Durable:
@@ -197,6 +220,8 @@ def _journaled_call(
         elif on_chunk is not None:
             raise ConfigurationError(f"{step_name}(on_chunk=...) needs stream=True")
         ran: list[bool] = []
+        # what the call is asked with, minus the conversation: compared when it replays
+        fp = fingerprint(step_name, kwargs) if current() is not None else None
         if is_async:
 
             async def fetch() -> Any:
@@ -207,7 +232,8 @@ def _journaled_call(
                 return _payload(await target(**kwargs), redact)
 
             sent = limited_async(fetch, options.rate_limit, options.provider, kwargs)
-            spec = StepSpec(step_name, sent, _resolved=True, retry=retry)
+            spec = StepSpec(step_name, sent, _resolved=True, retry=retry, fingerprint=fp,
+                            on_change=options.on_change)  # fmt: skip
             recorded = call_step_async(spec, (), {})  # takes its journal key now
 
             async def rebuilt() -> Any:
@@ -225,7 +251,8 @@ def _journaled_call(
             return _payload(target(**kwargs), redact)
 
         sent_sync = limited_sync(fetch_sync, options.rate_limit, options.provider, kwargs)
-        spec = StepSpec(step_name, sent_sync, _resolved=True, retry=retry)
+        spec = StepSpec(step_name, sent_sync, _resolved=True, retry=retry, fingerprint=fp,
+                        on_change=options.on_change)  # fmt: skip
         response = _rebuild(hint, call_step_sync(spec, (), {}))
         if on_chunk is not None and not ran:
             replay(kind, response, on_chunk)

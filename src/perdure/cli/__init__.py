@@ -8,11 +8,14 @@ resume, retry, send messages, decide approvals), run a worker, migrate, and run 
     perdure cancel ID [--json] [--db URL]
     perdure resume ID [--json] [--db URL]
     perdure retry ID [--json] [--db URL]
+    perdure fork ID --from-step N [--id NEW_ID] [--output JSON | --output-file FILE] [--json]
     perdure send ID TOPIC JSON [--key IDEMPOTENCY_KEY] [--json] [--db URL]
     perdure approvals [--all] [--limit 100] [--json] [--db URL]
     perdure approve ID NAME [--by WHO] [--comment TEXT] [--json] [--db URL]
     perdure reject ID NAME [--by WHO] [--comment TEXT] [--json] [--db URL]
-    perdure worker MODULE [--max-threads N] [--queue NAME ...] [--shutdown-grace S] [--db URL]
+    perdure worker MODULE [--max-threads N] [--queue NAME ...] [--shutdown-grace S]
+                   [--version V] [--compatible-version V ...] [--db URL]
+    perdure versions [--json] [--db URL]
     perdure migrate [--json] [--db URL]
     perdure serve [--app MODULE ...] [--host 127.0.0.1] [--port 8000] [--tokens FILE] [--db URL]
     perdure demo [--db URL]
@@ -59,7 +62,7 @@ import click
 from .. import __version__, _admin
 from .._operations import Operations
 from ..store import WorkflowStatus
-from ._actions import cancel_command, resume_command, retry_command
+from ._actions import cancel_command, fork_command, resume_command, retry_command
 from ._common import (
     DEFAULT_DB,
     EXIT_NOT_FOUND,
@@ -86,7 +89,7 @@ from ._render import (
 )
 from ._replay import diff_command, export_command, replay_command
 from ._serve import serve_command
-from ._worker import migrate_command, worker_command
+from ._worker import migrate_command, versions_command, worker_command
 
 __all__ = [
     "DEFAULT_DB",
@@ -444,8 +447,10 @@ def demo_command(db: str | None) -> None:
 cli.add_command(cancel_command)
 cli.add_command(resume_command)
 cli.add_command(retry_command)
+cli.add_command(fork_command)
 cli.add_command(worker_command)
 cli.add_command(migrate_command)
+cli.add_command(versions_command)
 cli.add_command(serve_command)
 cli.add_command(export_command)
 cli.add_command(replay_command)

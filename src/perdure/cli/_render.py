@@ -304,6 +304,10 @@ def header_lines(info: WorkflowInfo, width: int | None) -> list[str]:
         rows.append(("owner", info.owner))
     if info.queue:
         rows.append(("queue", info.queue))
+    if info.version is not None:
+        rows.append(("version", info.version))
+    if info.forked_from is not None:
+        rows.append(("forked from", f"{info.forked_from} at position {info.forked_at}"))
     lines = []
     for label, value in rows:
         value = one_line(value)

@@ -5,13 +5,14 @@ no database)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .._decorators import registered
-from .._errors import NonDeterminismError, PerdureError
+from .._errors import CallChangedError, NonDeterminismError, PerdureError
 from .._export import export_run, load_export
 from ..testing import replay
 from ._common import (
@@ -64,12 +65,15 @@ def export_command(workflow_id: str, output: Path | None, db: str) -> None:
 def replay_command(export: Path, module: str, as_json: bool) -> None:
     """Replay the journal of an exported run against the current code of its workflow
     (imported from MODULE), in this process, without running any step: every step call
-    must find its recorded entry. Prints "replayed N steps: compatible".
+    must find its recorded entry. Prints "replayed N steps: compatible", after a warning
+    for each model call recorded with another model, prompt template or tools than the code
+    now uses (policy on_change="warn"; with "error" that is a divergence).
 
     Exits 0 when the code replays the run (up to the end of its journal if the run was
-    unfinished), 1 on a divergence (the position, and the step recorded there against the
-    step the code calls now), 2 for an unreadable export or module. --json prints {"ok",
-    "workflow_id", "name", "replayed", "finished", "stopped_at", "divergence"}.
+    unfinished), with or without warnings, 1 on a divergence (the position, and the step
+    recorded there against the step the code calls now, or the call and what changed), 2
+    for an unreadable export or module. --json prints {"ok", "workflow_id", "name",
+    "replayed", "finished", "stopped_at", "call_changes", "divergence"}.
     """
     try:
         recorded = load_export(export)
@@ -80,18 +84,34 @@ def replay_command(export: Path, module: str, as_json: bool) -> None:
     if spec is None:
         fail(f"module {module!r} registers no workflow named {recorded.workflow.name!r}",
              EXIT_USAGE)  # fmt: skip
+    quiet = _CallChangesPrinted()  # printed below, once, rather than logged too
+    logging.getLogger("perdure").addFilter(quiet)
     try:
         report = replay(export, spec.fn)
     except NonDeterminismError as exc:
         _diverged(recorded.workflow.id, recorded.workflow.name, exc, as_json)
     except PerdureError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
+    finally:
+        logging.getLogger("perdure").removeFilter(quiet)
     done = "compatible" if report.finished else "compatible up to the end of the unfinished run"
     if as_json:
         echo_json(_result(report.workflow_id, report.name, True, report.replayed,
-                          report.finished, report.stopped_at, None))  # fmt: skip
-    else:
-        click.echo(f"replayed {report.replayed} steps: {done}")
+                          report.finished, report.stopped_at, None,
+                          report.call_changes))  # fmt: skip
+        return
+    for change in report.call_changes:
+        click.echo(f"perdure: warning: {change} (the recorded answer was replayed)", err=True)
+    count = len(report.call_changes)
+    changed = f" ({count} call{'s' if count > 1 else ''} changed)" if count else ""
+    click.echo(f"replayed {report.replayed} steps: {done}{changed}")
+
+
+class _CallChangesPrinted(logging.Filter):
+    """Drops the engine's log records of changed calls: the command prints them itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(getattr(record, "perdure_call_change", None), CallChangedError)
 
 
 def _diverged(workflow_id: str, name: str, exc: NonDeterminismError, as_json: bool) -> None:
@@ -111,9 +131,11 @@ def _result(
     finished: bool | None,
     stopped_at: str | None,
     divergence: dict[str, Any] | None,
+    call_changes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     return {"ok": ok, "workflow_id": workflow_id, "name": name, "replayed": replayed,
-            "finished": finished, "stopped_at": stopped_at, "divergence": divergence}  # fmt: skip
+            "finished": finished, "stopped_at": stopped_at,
+            "call_changes": list(call_changes), "divergence": divergence}  # fmt: skip
 
 
 @click.command("diff", short_help="Show where two runs diverged.")

@@ -30,8 +30,17 @@ from .. import __version__
 from .._decorators import registered_names
 from .._engine import Engine
 from .._queues import Queue, registered_queues
+from .._versions import Compatible
 from ..store._migrations import load_migrations
-from ._common import EXIT_USAGE, db_option, echo_json, fail, json_option, opened, reporting_errors
+from ._common import (
+    EXIT_USAGE,
+    db_option,
+    echo_json,
+    fail,
+    json_option,
+    opened,
+    reporting_errors,
+)
 from ._render import without_password
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -66,8 +75,29 @@ _DEFAULT_GRACE = 2.0
     help="On SIGTERM or SIGINT, how long in-flight steps get to finish before the worker "
     "releases their workflows.",
 )
+@click.option(
+    "--version",
+    "version",
+    metavar="VERSION",
+    help="The application version workflows started here record (default: per workflow, a "
+    "hash of its source and step names). See docs/change-safety.md.",
+)
+@click.option(
+    "--compatible-version",
+    "compatible",
+    multiple=True,
+    metavar="VERSION",
+    help="Also resume workflows started by this code version (their journals replay with "
+    "this code), or 'any'. Repeat for more.",
+)
 def worker_command(
-    module: str, db: str, max_threads: int, queues: tuple[str, ...], shutdown_grace: float
+    module: str,
+    db: str,
+    max_threads: int,
+    queues: tuple[str, ...],
+    shutdown_grace: float,
+    version: str | None,
+    compatible: tuple[str, ...],
 ) -> None:
     """Run a worker: import MODULE so its @perdure.workflow functions (and perdure.Queue
     declarations) are registered, then run them until SIGTERM or SIGINT.
@@ -80,6 +110,9 @@ def worker_command(
     On SIGTERM or SIGINT it stops: in-flight steps get --shutdown-grace seconds to finish
     and commit, then every unfinished workflow is released, so another worker resumes it at
     once; then it exits 0. Exits 2 when MODULE cannot be imported or registers no workflow.
+
+    Workflows started by another version of their code are left for a worker running that
+    version (`perdure versions` lists them), unless declared with --compatible-version.
     """
     with _signals_caught() as stop:
         _import_user_module(module)
@@ -95,7 +128,11 @@ def worker_command(
                 if all(queue.name != name for queue in registered_queues()):
                     Queue(name)
             _log_to_stderr()
-            engine = Engine(db, max_threads=max_threads, shutdown_grace=shutdown_grace).open()
+            accepted: Compatible = "any" if "any" in compatible else compatible
+            engine = Engine(
+                db, max_threads=max_threads, shutdown_grace=shutdown_grace, version=version,
+                compatible_versions=accepted,
+            ).open()  # fmt: skip
         try:
             click.echo(_ready_line(engine, names, db))
             received = stop.wait()
@@ -105,6 +142,30 @@ def worker_command(
             )
         finally:
             engine.close()
+
+
+@click.command("versions", short_help="Count unfinished workflows by code version.")
+@db_option
+@json_option
+def versions_command(db: str, as_json: bool) -> None:
+    """Count unfinished workflows by name and by the version of the code that started them.
+
+    A worker resumes only workflows of its own code version (and those it declares with
+    --compatible-version): before retiring the workers of an old version, check here that no
+    unfinished workflow of that version is left. See docs/change-safety.md.
+    """
+    with opened(db) as store:
+        counts = store.version_counts()
+    if as_json:
+        echo_json([{"name": n, "version": v, "unfinished": c} for n, v, c in counts])
+        return
+    if not counts:
+        click.echo("no unfinished workflows")
+        return
+    width = max(len(name) for name, _, _ in counts)
+    click.echo(f"{'NAME':<{width}}  {'VERSION':<20}  UNFINISHED")
+    for name, version, count in counts:
+        click.echo(f"{name:<{width}}  {version or '(not recorded)':<20}  {count}")
 
 
 def _ready_line(engine: Engine, names: list[str], db: str) -> str:

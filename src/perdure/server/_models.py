@@ -21,6 +21,7 @@ __all__ = [
     "CancelOut",
     "DecisionRequest",
     "ErrorOut",
+    "ForkRequest",
     "HealthOut",
     "MessageRequest",
     "OkOut",
@@ -73,6 +74,8 @@ def _is_unicode(value: Any) -> bool:
 
 #: what a text parameter may not hold: NUL, which PostgreSQL refuses in text
 NO_NUL = r"^[^\x00]*$"
+#: a workflow id: no control character (and 1 to 255 characters)
+WORKFLOW_ID = r"^[^\x00-\x1f\x7f-\x9f]+$"
 
 
 class StartRequest(_Request):
@@ -89,7 +92,7 @@ class StartRequest(_Request):
         default=None,
         min_length=1,
         max_length=255,
-        pattern=r"^[^\x00-\x1f\x7f-\x9f]+$",
+        pattern=WORKFLOW_ID,
         description="the workflow id, its idempotency key: 1 to 255 characters, no control "
         "character (default: a new UUID)",
     )
@@ -123,6 +126,37 @@ class MessageRequest(_Request):
         description="idempotency key: a second message with it (same workflow and topic) is "
         "not queued",
     )
+
+
+class ForkRequest(_Request):
+    """Fork a workflow: a new run that replays its journal before ``from_step`` and executes
+    from there on."""
+
+    from_step: int = Field(
+        ge=0,
+        strict=True,
+        description="the first journal position the fork executes again (positions as in the "
+        "workflow's steps); the entries before it replay",
+    )
+    new_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=WORKFLOW_ID,
+        description="the fork's id: 1 to 255 characters, no control character (default: "
+        "<id>-fork-<8 hex digits>)",
+    )
+    replace_output: Any = Field(
+        default=None,
+        description="a value (any JSON, null included) the entry at from_step records as its "
+        "result instead of its own: the fork then executes from from_step + 1. Absent: no "
+        "replacement",
+    )
+
+    @property
+    def replaces(self) -> bool:
+        """Whether the request gave ``replace_output`` (null is a value; absence is not)."""
+        return "replace_output" in self.model_fields_set
 
 
 class DecisionRequest(_Request):
@@ -173,6 +207,15 @@ class WorkflowOut(_Response):
     updated_at: str
     recoveries: int
     owner: str | None
+    version: str | None = Field(
+        default=None, description="the code version that started it (null: unknown)"
+    )
+    forked_from: str | None = Field(
+        default=None, description="for a fork: the id of the run it was forked from"
+    )
+    forked_at: int | None = Field(
+        default=None, description="for a fork: the journal position it was forked at"
+    )
 
 
 class UsageOut(_Response):

@@ -29,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator
 
 from .. import _admin
+from .._fork import UNSET
 from .._operations import Operations
 from ..store import WorkflowStatus
 from ._models import (
@@ -37,6 +38,7 @@ from ._models import (
     CancelOut,
     DecisionRequest,
     ErrorOut,
+    ForkRequest,
     MessageRequest,
     OkOut,
     ResultOut,
@@ -320,6 +322,19 @@ def _acting_routes(router: APIRouter) -> None:
     def retry(workflow_id: WorkflowId, ops: Ops, _: Operator) -> JSONResponse:
         info = ops.resume(workflow_id, retry_failed_step=True)
         return _json(_admin.workflow_to_dict(info), 202)
+
+    @router.post(
+        "/workflows/{workflow_id:path}/fork",
+        status_code=201,
+        response_model=WorkflowOut,
+        responses=_errors(400, 403, 404, 409),
+        tags=["workflows"],
+        summary="Fork a workflow: a new run replaying its journal up to a position",
+    )
+    def fork(workflow_id: WorkflowId, body: ForkRequest, ops: Ops, _: Operator) -> JSONResponse:
+        replacement = body.replace_output if body.replaces else UNSET
+        info = ops.fork(workflow_id, body.from_step, body.new_id, replacement)
+        return _json(_admin.workflow_to_dict(info), 201)
 
     @router.post(
         "/workflows/{workflow_id:path}/messages",

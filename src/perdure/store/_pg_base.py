@@ -337,6 +337,11 @@ def _redact(conninfo: str) -> str:
     return repr(urlunsplit(parts._replace(netloc=netloc)))
 
 
+def _mark(name: str) -> str:
+    """psycopg's placeholder for the named parameter ``name``."""
+    return f"%({name})s"
+
+
 def _hold(conn: Conn, workflow_id: str, lease: Lease) -> None:
     """Check that ``lease`` is the workflow's current lease, locking its row FOR SHARE until
     the transaction ends (a claim skips it meanwhile).

@@ -6,9 +6,16 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from ._pg_base import _NOW, _UNSETTLED, Conn, PgBase, _hold
+from ._pg_base import _NOW, _UNSETTLED, Conn, PgBase, _hold, _mark
 from ._protocol import ApprovalRow, Lease, OwnershipLost, StepRow, WorkflowRow, approval_topic
-from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, WF_COLUMNS
+from ._rows import (
+    APPROVAL_COLUMNS,
+    PG_STEP_MARKS,
+    RUNNABLE,
+    STEP_COLUMNS,
+    WF_COLUMNS,
+    versions_sql,
+)
 
 
 class PgWaiting(PgBase):
@@ -31,13 +38,20 @@ class PgWaiting(PgBase):
             raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
 
     def claim_ready(
-        self, worker_id: str, names: Collection[str], now: float, limit: int
+        self,
+        worker_id: str,
+        names: Collection[str],
+        now: float,
+        limit: int,
+        versions: Collection[str] | None = None,
     ) -> list[WorkflowRow]:
         """Take WAITING workflows whose timer is due, whose message came, or that were
         cancelled."""
         if not names:
             return []
-        params = {"me": worker_id, "now": now, "limit": limit, "names": list(names)}
+        params: dict[str, Any] = {"me": worker_id, "now": now, "limit": limit,
+                                  "names": list(names)}  # fmt: skip
+        runnable = versions_sql(params, versions, "version", _mark)
         # The candidates come from the two partial indexes (due timers; unconsumed messages);
         # the rows are then locked, skipping those another claimer holds. A cancelled waiting
         # workflow has wake_at = 0 (see request_cancel), so it is a due timer.
@@ -45,7 +59,7 @@ class PgWaiting(PgBase):
             "UPDATE workflows SET owner = %(me)s, status = 'RUNNING', epoch = epoch + 1, "
             "wake_at = NULL, wait_topic = NULL, updated_at = %(now)s WHERE id IN ("
             "SELECT id FROM workflows WHERE status = 'WAITING' "
-            "AND name = ANY(%(names)s::text[]) AND id IN ("
+            f"AND name = ANY(%(names)s::text[]){runnable} AND id IN ("
             "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= %(now)s "
             "UNION SELECT m.workflow_id FROM messages m JOIN workflows w ON "
             "w.id = m.workflow_id AND w.wait_topic = m.topic WHERE m.consumed_by IS NULL "
@@ -55,14 +69,18 @@ class PgWaiting(PgBase):
         )
         return [self._wf(r) for r in self._fetchall(query, params)]
 
-    def next_wake(self, names: Collection[str]) -> float | None:
-        """The earliest timer among WAITING workflows of these names."""
+    def next_wake(
+        self, names: Collection[str], versions: Collection[str] | None = None
+    ) -> float | None:
+        """The earliest timer among WAITING workflows of these names (and versions)."""
         if not names:
             return None
+        params: dict[str, Any] = {"names": list(names)}
+        runnable = versions_sql(params, versions, "version", _mark)
         found = self._fetchone(
             "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
-            "name = ANY(%s::text[])",
-            (list(names),),
+            f"name = ANY(%(names)s::text[]){runnable}",
+            params,
         )
         return None if found is None or found[0] is None else float(found[0])
 
@@ -115,10 +133,10 @@ class PgWaiting(PgBase):
                     "UPDATE messages SET consumed_by = %s WHERE seq = %s", (step.key, found[0])
                 )
                 conn.execute(
-                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({PG_STEP_MARKS})",
                     (step.workflow_id, step.position, step.key, step.name, step.status.value,
-                     found[1], None, step.started_at, step.finished_at, step.attempts),
+                     found[1], None, step.started_at, step.finished_at, step.attempts,
+                     step.fingerprint),
                 )  # fmt: skip
                 return str(found[1])
 

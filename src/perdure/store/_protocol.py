@@ -18,7 +18,7 @@ that time passes, or when the claimer knows the worker's process is gone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -124,6 +124,11 @@ class WorkflowRow:
     wait_topic: str | None = None
     queue: str | None = None
     priority: int = 0
+    #: the version of the code that started it (None: any version may run it)
+    version: str | None = None
+    #: a fork: the run it was copied from, and the journal position it re-executes from
+    forked_from: str | None = None
+    forked_at: int | None = None
 
     @property
     def lease(self) -> Lease | None:
@@ -150,6 +155,8 @@ class StepRow:
     started_at: float
     finished_at: float
     attempts: int = 1
+    #: what the call was made with (a model call's model, prompt and tools), JSON; or None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,13 +294,23 @@ class Store(Protocol):
         """
 
     def claim_ready(
-        self, worker_id: str, names: Collection[str], now: float, limit: int
+        self,
+        worker_id: str,
+        names: Collection[str],
+        now: float,
+        limit: int,
+        versions: Collection[str] | None = None,
     ) -> list[WorkflowRow]:
         """Take WAITING workflows that can go on: timer due (``wake_at <= now``), a message
-        on their topic, or a cancellation asked. They become RUNNING under a new lease."""
+        on their topic, or a cancellation asked. They become RUNNING under a new lease.
+        ``versions``: only workflows of these code versions (or of none recorded); None:
+        any version."""
 
-    def next_wake(self, names: Collection[str]) -> float | None:
-        """The earliest ``wake_at`` among WAITING workflows of these names (None if none)."""
+    def next_wake(
+        self, names: Collection[str], versions: Collection[str] | None = None
+    ) -> float | None:
+        """The earliest ``wake_at`` among WAITING workflows of these names and versions (as
+        in :meth:`claim_ready`); None if none."""
 
     def dequeue(
         self,
@@ -302,10 +319,13 @@ class Store(Protocol):
         names: Collection[str],
         limit: int,
         limits: QueueLimits,
+        stamp: Mapping[str, str] | None = None,
     ) -> list[WorkflowRow]:
         """Take up to ``limit`` ENQUEUED workflows of ``queue`` (of these names) that the
         queue's limits admit now, lowest priority number first, then oldest; they become
-        RUNNING under a new lease owned by ``worker_id``.
+        RUNNING under a new lease owned by ``worker_id``, and a workflow whose name is in
+        ``stamp`` records that code version (it has run nothing yet: the version that takes
+        it is the version that runs it).
 
         The limits hold across every worker of the database, atomically: a workflow taken
         off the queue holds a slot until it finishes (``limits.concurrency``), at most
@@ -412,11 +432,13 @@ class Store(Protocol):
         dead_workers: Sequence[str],
         limit: int,
         workflow_id: str | None = None,
+        versions: Collection[str] | None = None,
     ) -> list[WorkflowRow]:
         """Take over unfinished workflows whose owner is gone, atomically.
 
-        A workflow is claimable when its name is in ``names`` (and its id is ``workflow_id``,
-        when given) and its owner is NULL, is in ``dead_workers``, or has no worker row whose
+        A workflow is claimable when its name is in ``names`` (its id is ``workflow_id`` and
+        its code version in ``versions`` or unrecorded, when given) and its owner is NULL,
+        is in ``dead_workers``, or has no worker row whose
         ``expires_at`` is still ahead. Claimed rows become RUNNING, owned by ``worker_id``,
         with a new epoch; ``recoveries`` grows by one for rows taken from another worker (not
         for rows a stopping worker released), and ``stalls`` counts such takeovers in a row
@@ -426,6 +448,14 @@ class Store(Protocol):
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name (for reporting)."""
+
+    def version_counts(self) -> list[tuple[str, str | None, int]]:
+        """(name, code version, count) of unfinished workflows, by name then version."""
+
+    def fork_workflow(self, row: WorkflowRow, steps: Sequence[StepRow]) -> tuple[WorkflowRow, bool]:
+        """Create workflow ``row`` with ``steps`` as its journal, in one transaction (a fork:
+        see ``Engine.fork``); return (stored row, created). If the id exists nothing is
+        written and the existing row is returned."""
 
     def release(self, worker_id: str) -> int:
         """Give up every unfinished workflow ``worker_id`` owns (back to PENDING, no owner)

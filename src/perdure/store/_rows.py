@@ -7,7 +7,7 @@ A row that cannot be read (an unknown status, a time that is not a number) raise
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._errors import CorruptRecordError
@@ -15,15 +15,20 @@ from ._protocol import AttemptRow, StepRow, StepStatus, WorkflowRow, WorkflowSta
 
 WF_COLUMNS = (
     "id, name, status, inputs, output, error, owner, created_at, updated_at, recoveries, epoch, "
-    "cancel_requested, deadline_at, stalls, wake_at, wait_topic, queue, priority"
+    "cancel_requested, deadline_at, stalls, wake_at, wait_topic, queue, priority, version, "
+    "forked_from, forked_at"
 )
 APPROVAL_COLUMNS = (
     "approvals.workflow_id, approvals.name, details, approvals.status, requested_at, "
     "decided_at, decided_by, comment, workflows.name"
 )
 ATTEMPT_COLUMNS = "workflow_id, key, attempt, name, error, started_at, failed_at, retry_at"
+#: placeholders for one row of ``STEP_COLUMNS`` (SQLite's; PostgreSQL's is ``PG_STEP_MARKS``)
+STEP_MARKS = ",".join("?" * 11)
+PG_STEP_MARKS = ", ".join(["%s"] * 11)
 STEP_COLUMNS = (
-    "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts"
+    "workflow_id, position, key, name, status, output, error, started_at, finished_at, attempts, "
+    "fingerprint"
 )
 UNFINISHED = "status IN ('ENQUEUED', 'PENDING', 'RUNNING', 'WAITING')"
 #: a queued workflow that holds a slot of its queue (dequeued and not finished)
@@ -33,6 +38,38 @@ RESET_STATUS = (
     "CASE WHEN queue IS NOT NULL AND dequeued_at IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END"
 )
 RUNNABLE = "status IN ('PENDING', 'RUNNING')"
+
+
+def versions_sql(
+    params: dict[str, Any],
+    versions: Collection[str] | None,
+    column: str,
+    mark: Callable[[str], str],
+) -> str:
+    """A condition keeping rows whose code version is in ``versions`` or unknown (NULL), as
+    `` AND (...)`` with its values added to ``params`` (``mark`` turns a parameter name
+    into the backend's placeholder); empty when ``versions`` is None (any version)."""
+    if versions is None:
+        return ""
+    marks = []
+    for i, version in enumerate(sorted(versions)):
+        params[f"ver{i}"] = version
+        marks.append(mark(f"ver{i}"))
+    return f" AND ({column} IS NULL OR {column} IN ({', '.join(marks) or 'NULL'}))"
+
+
+def stamp_sql(
+    params: dict[str, Any], stamp: Mapping[str, str] | None, mark: Callable[[str], str]
+) -> str:
+    """``, version = ...``: the code version of each workflow name in ``stamp`` (a worker
+    taking queued work records the version that runs it); empty without ``stamp``."""
+    if not stamp:
+        return ""
+    cases = []
+    for i, (name, version) in enumerate(sorted(stamp.items())):
+        params[f"sn{i}"], params[f"sv{i}"] = name, version
+        cases.append(f"WHEN {mark(f'sn{i}')} THEN {mark(f'sv{i}')}")
+    return f", version = COALESCE(CASE name {' '.join(cases)} END, version)"
 
 
 def workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
@@ -56,6 +93,9 @@ def workflow_values(row: WorkflowRow) -> tuple[Any, ...]:
         row.wait_topic,
         row.queue,
         row.priority,
+        row.version,
+        row.forked_from,
+        row.forked_at,
     )
 
 
@@ -63,7 +103,7 @@ def step_values(row: StepRow) -> tuple[Any, ...]:
     """The values of ``row`` in ``STEP_COLUMNS`` order."""
     return (
         row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
-        row.error, row.started_at, row.finished_at, row.attempts,
+        row.error, row.started_at, row.finished_at, row.attempts, row.fingerprint,
     )  # fmt: skip
 
 
@@ -89,6 +129,9 @@ def workflow_row(r: Sequence[Any]) -> WorkflowRow:
             wait_topic=r[15],
             queue=r[16],
             priority=int(r[17]),
+            version=r[18],
+            forked_from=r[19],
+            forked_at=None if r[20] is None else int(r[20]),
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(f"workflow row {r[0]!r} cannot be read: {exc}") from exc
@@ -108,6 +151,7 @@ def step_row(r: Sequence[Any]) -> StepRow:
             started_at=float(r[7]),
             finished_at=float(r[8]),
             attempts=int(r[9]),
+            fingerprint=r[10],
         )
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(

@@ -144,6 +144,11 @@ def _named_list(params: dict[str, Any], prefix: str, values: Collection[str]) ->
     return ", ".join(names) or "NULL"
 
 
+def _mark(name: str) -> str:
+    """SQLite's placeholder for the named parameter ``name``."""
+    return f":{name}"
+
+
 def _hold(conn: sqlite3.Connection, workflow_id: str, lease: Lease) -> None:
     """Check, inside the caller's transaction, that ``lease`` is the workflow's current lease.
 

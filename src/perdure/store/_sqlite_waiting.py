@@ -8,8 +8,8 @@ from collections.abc import Collection
 from typing import Any
 
 from ._protocol import ApprovalRow, Lease, OwnershipLost, StepRow, WorkflowRow, approval_topic
-from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, WF_COLUMNS
-from ._sqlite_base import SQLiteBase, _hold, _named_list
+from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, STEP_MARKS, WF_COLUMNS, versions_sql
+from ._sqlite_base import SQLiteBase, _hold, _mark, _named_list
 
 
 class SQLiteWaiting(SQLiteBase):
@@ -34,7 +34,12 @@ class SQLiteWaiting(SQLiteBase):
             raise OwnershipLost(f"worker {lease.owner} no longer holds workflow {workflow_id!r}")
 
     def claim_ready(
-        self, worker_id: str, names: Collection[str], now: float, limit: int
+        self,
+        worker_id: str,
+        names: Collection[str],
+        now: float,
+        limit: int,
+        versions: Collection[str] | None = None,
     ) -> list[WorkflowRow]:
         """Take WAITING workflows whose timer is due, whose message came, or that were
         cancelled."""
@@ -42,6 +47,8 @@ class SQLiteWaiting(SQLiteBase):
             return []
         params: dict[str, Any] = {"me": worker_id, "now": now, "limit": limit}
         wanted = _named_list(params, "name", names)
+        runnable = versions_sql(params, versions, "version", _mark)
+        runnable_w = versions_sql(params, versions, "w.version", _mark)
         # Driven by the two partial indexes (due timers; unconsumed messages), so a poll
         # costs microseconds however many workflows wait. A cancelled waiting workflow has
         # wake_at = 0 (see request_cancel), so it is a due timer.
@@ -49,10 +56,10 @@ class SQLiteWaiting(SQLiteBase):
             "UPDATE workflows SET owner = :me, status = 'RUNNING', epoch = epoch + 1, "
             "wake_at = NULL, wait_topic = NULL, updated_at = :now WHERE id IN ("
             "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= :now "
-            f"AND name IN ({wanted}) "
+            f"AND name IN ({wanted}){runnable} "
             "UNION SELECT m.workflow_id FROM messages m WHERE m.consumed_by IS NULL AND EXISTS "
             "(SELECT 1 FROM workflows w WHERE w.id = m.workflow_id AND w.status = 'WAITING' "
-            f"AND w.wait_topic = m.topic AND w.name IN ({wanted})) LIMIT :limit) "
+            f"AND w.wait_topic = m.topic AND w.name IN ({wanted}){runnable_w}) LIMIT :limit) "
             f"RETURNING {WF_COLUMNS}"
         )
 
@@ -62,16 +69,19 @@ class SQLiteWaiting(SQLiteBase):
 
         return [self._wf(r) for r in self._run(claim)]
 
-    def next_wake(self, names: Collection[str]) -> float | None:
-        """The earliest timer among WAITING workflows of these names."""
+    def next_wake(
+        self, names: Collection[str], versions: Collection[str] | None = None
+    ) -> float | None:
+        """The earliest timer among WAITING workflows of these names (and versions)."""
         if not names:
             return None
         params: dict[str, Any] = {}
         wanted = _named_list(params, "name", names)
+        runnable = versions_sql(params, versions, "version", _mark)
         found = self._run(
             lambda c: c.execute(
                 "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
-                f"name IN ({wanted})",
+                f"name IN ({wanted}){runnable}",
                 params,
             ).fetchone()
         )
@@ -109,9 +119,10 @@ class SQLiteWaiting(SQLiteBase):
                     "UPDATE messages SET consumed_by = ? WHERE seq = ?", (step.key, found[0])
                 )
                 conn.execute(
-                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({STEP_MARKS})",
                     (step.workflow_id, step.position, step.key, step.name, step.status.value,
-                     found[1], None, step.started_at, step.finished_at, step.attempts),
+                     found[1], None, step.started_at, step.finished_at, step.attempts,
+                     step.fingerprint),
                 )  # fmt: skip
                 return str(found[1])
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -37,6 +37,7 @@ from ._pg_base import (
     TRANSIENT_SQLSTATES,
     Conn,
     _hold,
+    _mark,
     split_url,
     transient,
 )
@@ -55,6 +56,7 @@ from ._protocol import (
 from ._rows import (
     ACTIVE,
     ATTEMPT_COLUMNS,
+    PG_STEP_MARKS,
     RESET_EVENT,
     RESET_STATUS,
     RUNNABLE,
@@ -63,8 +65,10 @@ from ._rows import (
     WF_COLUMNS,
     attempt_rows,
     forget_failed_step,
+    stamp_sql,
     step_row,
     step_values,
+    versions_sql,
     workflow_row,
     workflow_values,
 )
@@ -87,7 +91,7 @@ _FENCE = (
 _APPEND_SQL = (
     f"{_FENCE}INSERT INTO steps ({STEP_COLUMNS}) SELECT %(wf)s, %(position)s, %(key)s, "
     "%(name)s, %(status)s, %(output)s, %(error)s, %(started_at)s, %(finished_at)s, "
-    "%(attempts)s FROM owned ON CONFLICT DO NOTHING"
+    "%(attempts)s, %(fingerprint)s FROM owned ON CONFLICT DO NOTHING"
 )
 _ATTEMPT_SQL = (
     f"{_FENCE}INSERT INTO step_attempts ({ATTEMPT_COLUMNS}) SELECT %(wf)s, %(key)s, "
@@ -141,6 +145,46 @@ class PostgresStore(PgWaiting, PgLimits):
 
         stored, created = self._run(create)
         return (row, True) if stored is row else (self.blobs.workflow_in(stored), created)
+
+    def fork_workflow(self, row: WorkflowRow, steps: Sequence[StepRow]) -> tuple[WorkflowRow, bool]:
+        """Create ``row`` with ``steps`` as its journal in one transaction (see the
+        protocol). A retry after a lost acknowledgement finds the row and returns it as not
+        created: the caller compares it with what it asked for."""
+        marks = ", ".join(["%s"] * len(WF_COLUMNS.split(",")))
+        written = self.blobs.workflow_out(row)
+
+        def fork(conn: Conn) -> tuple[WorkflowRow, bool]:
+            with conn.transaction():
+                cur = conn.execute(
+                    f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({marks}) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    workflow_values(written),
+                )
+                if cur.rowcount != 1:
+                    found = conn.execute(
+                        f"SELECT {WF_COLUMNS} FROM workflows WHERE id = %s", (row.id,)
+                    ).fetchone()
+                    if found is None:  # deleted in between: nothing perdure does
+                        raise StoreError(f"workflow {row.id!r} vanished while being forked")
+                    return self._wf(found), False
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({PG_STEP_MARKS})",
+                        [step_values(self.blobs.step_out(step, conn)) for step in steps],
+                    )
+                if row.owner is None:
+                    self._notify(conn)  # a worker may take it at once
+                return row, True
+
+        return self._run(fork)
+
+    def version_counts(self) -> list[tuple[str, str | None, int]]:
+        """(name, code version, count) of unfinished workflows."""
+        rows = self._fetchall(
+            f"SELECT name, version, COUNT(*) FROM workflows WHERE {UNFINISHED} "
+            "GROUP BY name, version ORDER BY name, version"
+        )
+        return [(str(r[0]), r[1], int(r[2])) for r in rows]
 
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """Return the workflow with this id, or None."""
@@ -287,7 +331,7 @@ class PostgresStore(PgWaiting, PgLimits):
             "position": row.position, "key": row.key, "name": row.name,
             "status": row.status.value, "output": row.output, "error": row.error,
             "started_at": row.started_at, "finished_at": row.finished_at,
-            "attempts": row.attempts,
+            "attempts": row.attempts, "fingerprint": row.fingerprint,
         }  # fmt: skip
         if self._rowcount(_APPEND_SQL, params, self._journaled(params)) != 1:
             raise OwnershipLost(
@@ -318,8 +362,7 @@ class PostgresStore(PgWaiting, PgLimits):
                         raise psycopg.OperationalError(f"connection lost: {exc}") from exc
                     raise
                 conn.execute(
-                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({PG_STEP_MARKS})",
                     step_values(self.blobs.step_out(row, conn)),
                 )
                 return row
@@ -375,6 +418,7 @@ class PostgresStore(PgWaiting, PgLimits):
         names: Collection[str],
         limit: int,
         limits: QueueLimits,
+        stamp: Mapping[str, str] | None = None,
     ) -> list[WorkflowRow]:
         """Take ENQUEUED workflows the queue's limits admit (see the protocol). Workers
         taking from one limited queue serialize on a transaction-level advisory lock, so the
@@ -382,6 +426,7 @@ class PostgresStore(PgWaiting, PgLimits):
         if not names or limit <= 0:
             return []
         params: dict[str, Any] = {"me": worker_id, "q": queue, "names": list(names)}
+        version = stamp_sql(params, stamp, _mark)
 
         def take(conn: Conn) -> list[Any]:
             with conn.transaction():
@@ -394,9 +439,10 @@ class PostgresStore(PgWaiting, PgLimits):
                     return []
                 return conn.execute(
                     f"UPDATE workflows SET status = 'RUNNING', owner = %(me)s, epoch = epoch + 1, "
-                    f"dequeued_at = {_NOW}, updated_at = {_NOW} WHERE id IN (SELECT id FROM "
-                    "workflows WHERE status = 'ENQUEUED' AND queue = %(q)s AND name = "
-                    "ANY(%(names)s::text[]) ORDER BY priority, created_at LIMIT %(room)s "
+                    f"dequeued_at = {_NOW}, updated_at = {_NOW}{version} WHERE id IN "
+                    "(SELECT id FROM workflows WHERE status = 'ENQUEUED' AND queue = %(q)s "
+                    "AND name = ANY(%(names)s::text[]) ORDER BY priority, created_at "
+                    "LIMIT %(room)s "
                     f"FOR UPDATE SKIP LOCKED) RETURNING {WF_COLUMNS}",
                     {**params, "room": room},
                 ).fetchall()
@@ -467,6 +513,7 @@ class PostgresStore(PgWaiting, PgLimits):
         dead_workers: Sequence[str],
         limit: int,
         workflow_id: str | None = None,
+        versions: Collection[str] | None = None,
     ) -> list[WorkflowRow]:
         """Take over unfinished workflows whose owner is gone (see the protocol)."""
         if not names:
@@ -477,6 +524,7 @@ class PostgresStore(PgWaiting, PgLimits):
             "dead": list(dead_workers),
             "names": list(names),
         }
+        runnable = versions_sql(params, versions, "version", _mark)
         only = ""
         if workflow_id is not None:
             params["only"] = workflow_id
@@ -489,7 +537,8 @@ class PostgresStore(PgWaiting, PgLimits):
             f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls + 1 END, "
             f"claimed_steps = ({_STEP_COUNT}) "
             f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE} "
-            f"AND name = ANY(%(names)s::text[]) {only} ORDER BY created_at LIMIT %(limit)s "
+            f"AND name = ANY(%(names)s::text[]){runnable} {only} ORDER BY created_at "
+            "LIMIT %(limit)s "
             f"FOR UPDATE SKIP LOCKED) RETURNING {WF_COLUMNS}"
         )
         return [self._wf(r) for r in self._fetchall(query, params)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from .._errors import ConfigurationError
@@ -34,14 +34,17 @@ from ._rows import (
     RESET_STATUS,
     RUNNABLE,
     STEP_COLUMNS,
+    STEP_MARKS,
     UNFINISHED,
     WF_COLUMNS,
     attempt_rows,
     forget_failed_step,
+    stamp_sql,
     step_values,
+    versions_sql,
     workflow_values,
 )
-from ._sqlite_base import _hold, _named_list
+from ._sqlite_base import _hold, _mark, _named_list
 from ._sqlite_limits import SQLiteLimits
 from ._sqlite_waiting import SQLiteWaiting
 
@@ -52,7 +55,7 @@ _CLAIMABLE = (
 _WF_MARKS = ",".join("?" * len(WF_COLUMNS.split(",")))
 _STEP_COUNT = "SELECT COUNT(*) FROM steps WHERE steps.workflow_id = workflows.id"
 _APPEND_SQL = (
-    f"INSERT INTO steps ({STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS "
+    f"INSERT INTO steps ({STEP_COLUMNS}) SELECT {STEP_MARKS} WHERE EXISTS "
     "(SELECT 1 FROM workflows WHERE id = ? AND owner = ? AND epoch = ?) ON CONFLICT DO NOTHING"
 )
 
@@ -87,6 +90,41 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
             return self._wf(found), False
 
         return self._run(create)
+
+    def fork_workflow(self, row: WorkflowRow, steps: Sequence[StepRow]) -> tuple[WorkflowRow, bool]:
+        """Create ``row`` with ``steps`` as its journal in one transaction (see the
+        protocol)."""
+        written = self.blobs.workflow_out(row)
+        journal = [step_values(self.blobs.step_out(step)) for step in steps]
+
+        def fork(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
+            with self._transaction(conn):
+                cur = conn.execute(
+                    f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({_WF_MARKS}) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    workflow_values(written),
+                )
+                if cur.rowcount != 1:
+                    found = conn.execute(
+                        f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (row.id,)
+                    ).fetchone()
+                    return self._wf(found), False
+                conn.executemany(
+                    f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({STEP_MARKS})", journal
+                )
+                return row, True
+
+        return self._run(fork)
+
+    def version_counts(self) -> list[tuple[str, str | None, int]]:
+        """(name, code version, count) of unfinished workflows."""
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT name, version, COUNT(*) FROM workflows WHERE {UNFINISHED} "
+                "GROUP BY name, version ORDER BY name, version"
+            ).fetchall()
+        )
+        return [(str(r[0]), r[1], int(r[2])) for r in rows]
 
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """Return the workflow with this id, or None."""
@@ -205,7 +243,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         row = self.blobs.step_out(row)
         params = (
             row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
-            row.error, row.started_at, row.finished_at, row.attempts,
+            row.error, row.started_at, row.finished_at, row.attempts, row.fingerprint,
             row.workflow_id, lease.owner, lease.epoch,
         )  # fmt: skip
         if self._run(lambda c: c.execute(_APPEND_SQL, params).rowcount) != 1:
@@ -236,7 +274,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                         "back the transaction perdure gave it: never call commit() or "
                         "rollback() in a @perdure.transaction step"
                     )
-                conn.execute(f"INSERT INTO steps ({STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                conn.execute(f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({STEP_MARKS})",
                              step_values(self.blobs.step_out(row)))  # fmt: skip
                 return row
 
@@ -279,6 +317,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         names: Collection[str],
         limit: int,
         limits: QueueLimits,
+        stamp: Mapping[str, str] | None = None,
     ) -> list[WorkflowRow]:
         """Take ENQUEUED workflows the queue's limits admit (see the protocol), in one
         write transaction: processes sharing the file serialize on its write lock."""
@@ -287,6 +326,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         now = time.time()
         params: dict[str, Any] = {"me": worker_id, "q": queue, "now": now}
         names_sql = _named_list(params, "name", names)
+        version = stamp_sql(params, stamp, _mark)
 
         def take(conn: sqlite3.Connection) -> list[Any]:
             with self._transaction(conn):
@@ -295,7 +335,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                     return []
                 return conn.execute(
                     "UPDATE workflows SET status = 'RUNNING', owner = :me, epoch = epoch + 1, "
-                    "dequeued_at = :now, updated_at = :now WHERE id IN (SELECT id FROM "
+                    f"dequeued_at = :now, updated_at = :now{version} WHERE id IN (SELECT id FROM "
                     f"workflows WHERE status = 'ENQUEUED' AND queue = :q AND name IN ({names_sql}) "
                     f"ORDER BY priority, created_at LIMIT :room) RETURNING {WF_COLUMNS}",
                     {**params, "room": room},
@@ -373,6 +413,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         dead_workers: Sequence[str],
         limit: int,
         workflow_id: str | None = None,
+        versions: Collection[str] | None = None,
     ) -> list[WorkflowRow]:
         """Take over unfinished workflows whose owner is gone (see the protocol)."""
         if not names:
@@ -380,6 +421,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         params: dict[str, Any] = {"me": worker_id, "now": time.time(), "limit": limit}
         dead = _named_list(params, "dead", dead_workers)
         wanted = _named_list(params, "name", names)
+        runnable = versions_sql(params, versions, "version", _mark)
         only = ""
         if workflow_id is not None:
             params["only"] = workflow_id
@@ -392,7 +434,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
             f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls + 1 END, "
             f"claimed_steps = ({_STEP_COUNT}) "
             f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
-            f"AND name IN ({wanted}) {only} ORDER BY created_at LIMIT :limit) "
+            f"AND name IN ({wanted}){runnable} {only} ORDER BY created_at LIMIT :limit) "
             f"RETURNING {WF_COLUMNS}"
         )
 

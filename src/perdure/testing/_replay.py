@@ -14,7 +14,10 @@ different final status, result (compared as journal JSON) or error type. A run e
 unfinished (RUNNING, WAITING, PENDING) is checked up to the end of its journal.
 
 The check sees the sequence of steps and waits and the workflow's result; it cannot see a
-change inside a step body (that body never runs here).
+change inside a step body (that body never runs here). It also compares each model call's
+fingerprint (model, prompt template, tools) with the recorded one, as a resumption does:
+with the client's ``on_change="warn"`` a change is listed in ``ReplayReport.call_changes``,
+with ``"error"`` it is a divergence.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from typing import Any, NoReturn, cast
 
 from .. import _context, _runner, _serialize
 from .._context import WorkflowContext
-from .._decorators import WorkflowSpec, spec_of
+from .._decorators import StepSpec, WorkflowSpec, spec_of
 from .._errors import (
+    CallChangedError,
     ConfigurationError,
     NonDeterminismError,
     PerdureError,
@@ -81,6 +85,9 @@ class ReplayReport:
         finished: True when the code reached the end of the run; False when it replayed up
             to the end of an unfinished run's journal and stopped there.
         stopped_at: where it stopped (``"position 3, step 'charge'"``), when not finished.
+        call_changes: the replayed calls whose model, prompt template or tools differ from
+            what they were recorded with (policy ``on_change="warn"``), one line each in
+            journal order: ``"position 0, openai.chat.completions.create: system changed"``.
     """
 
     workflow_id: str
@@ -89,6 +96,7 @@ class ReplayReport:
     replayed: int
     finished: bool
     stopped_at: str | None = None
+    call_changes: tuple[str, ...] = ()
 
 
 class _PastJournal(BaseException):
@@ -134,6 +142,15 @@ class _ReplayContext(WorkflowContext):
         self.replayed = 0
         self.past: _PastJournal | None = None
         self.divergence: NonDeterminismError | None = None
+        # a finished run's journal is all it did: perdure.patched() past it means the
+        # recorded code had no such call there (the old branch)
+        self.journal_complete = row.status.finished
+
+    def commit(self, row: StepRow) -> None:
+        # Only perdure.patched() commits outside a step body: a new run's change marker,
+        # past the end of an unfinished run's journal. The check stops there.
+        self.past = _PastJournal(row.key, row.name)
+        raise self.past
 
     def lookup(self, key: str, name: str) -> StepRow | None:
         if self.past is not None:
@@ -151,6 +168,20 @@ class _ReplayContext(WorkflowContext):
             raise WorkflowCancelled(f"workflow {self.workflow_id!r} was cancelled")
         self.past = _PastJournal(key, name)
         raise self.past
+
+    def check_call(self, row: StepRow, spec: StepSpec) -> None:
+        try:
+            super().check_call(row, spec)
+        except CallChangedError as exc:  # policy "error": the check fails here
+            self.divergence = self.divergence or exc
+            raise
+
+    def changes(self, recorded: RunExport) -> tuple[str, ...]:
+        """The call changes met (policy "warn"), one line each, in journal order."""
+        order = {step.key: step.position for step in recorded.steps}
+        found = sorted(self.call_changes.values(), key=lambda exc: order.get(exc.position, -1))
+        return tuple(f"position {exc.position}, {exc.name}: {'; '.join(exc.changes)}"
+                     for exc in found)  # fmt: skip
 
     def check_complete(self) -> None:
         try:
@@ -239,13 +270,18 @@ def _past_end(ctx: _ReplayContext, recorded: RunExport, past: _PastJournal) -> R
             "no entry there: the code now does more than it did",
         )  # fmt: skip
     where = f"position {past.key}, step {past.name!r}"
-    return ReplayReport(row.id, row.name, row.status, ctx.replayed, False, where)
+    return ReplayReport(row.id, row.name, row.status, ctx.replayed, False, where,
+                        ctx.changes(recorded))  # fmt: skip
 
 
 def _explained(recorded: RunExport, exc: NonDeterminismError) -> ReplayDivergence:
     row = recorded.workflow
     head = f"replay of {row.id!r} ({row.name}) diverged at position {exc.position}"
-    if exc.current is None:
+    if isinstance(exc, CallChangedError):
+        changes = "; ".join(exc.changes)
+        what = (f"the call {exc.name!r} was recorded with other parameters than the code now "
+                f"uses ({changes}), and its policy is on_change='error'")  # fmt: skip
+    elif exc.current is None:
         what = f"the code returned before it, but the recorded run has step {exc.recorded!r}"
     else:
         what = f"the code calls step {exc.current!r}, but the recorded run has step " + repr(
@@ -257,7 +293,8 @@ def _explained(recorded: RunExport, exc: NonDeterminismError) -> ReplayDivergenc
 def _compare(ctx: _ReplayContext, recorded: RunExport, outcome: _runner.Outcome) -> ReplayReport:
     row = recorded.workflow
     status, output, error = outcome
-    report = ReplayReport(row.id, row.name, row.status, ctx.replayed, True)
+    report = ReplayReport(row.id, row.name, row.status, ctx.replayed, True,
+                          call_changes=ctx.changes(recorded))  # fmt: skip
     if not row.status.finished:
         return report
     if status is not row.status:

@@ -4,6 +4,12 @@
 // Three pages behind a hash router: the runs list (#/runs), a run's step timeline
 // (#/runs/<id>) and the approvals inbox (#/approvals). Every page refreshes itself by polling.
 // Data is only ever put in the page as text (textContent / text nodes), never as HTML.
+// The DOM and formatting helpers are in dom.js; a run's journal, with its "Fork from here"
+// action, in journal.js.
+
+import { $, between, errorBox, formatDuration, h, plural, pretty, runHref, since, statusBadge,
+  syncChildren, tickDurations, timeEl, workflowPath } from "./dom.js";
+import { timeline } from "./journal.js";
 
 const TOKEN_KEY = "perdure.token";
 const POLL_MS = 2000;
@@ -11,7 +17,6 @@ const RUN_LIMIT = 100;
 const ACTIVE = new Set(["ENQUEUED", "PENDING", "RUNNING", "WAITING"]); // can be cancelled
 const RESUMABLE = new Set(["ERROR", "CANCELLED", "DEAD_LETTER"]); // can be resumed or retried
 const STATUSES = [...ACTIVE, "SUCCESS", ...RESUMABLE];
-const MODEL_STEPS = ["openai.", "anthropic."]; // journaled model calls (see perdure/_usage.py)
 
 const state = {
   user: null, // {name, role} from /whoami
@@ -21,85 +26,13 @@ const state = {
   filters: { status: "", name: "" }, // the runs list's, kept across pages
 };
 
-// -- DOM helpers ---------------------------------------------------------------------------
-
-/** Build an element: attributes (null/false skipped, true = present), `on*` listeners, and
- * children (nodes, or anything else as text: this is what keeps data from becoming markup). */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value == null || value === false) continue;
-    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
-    else el.setAttribute(name, value === true ? "" : String(value));
-  }
-  for (const child of children.flat(Infinity)) {
-    if (child != null && child !== false) el.append(child instanceof Node ? child : String(child));
-  }
-  return el;
-}
-
-const $ = (selector, root = document) => root.querySelector(selector);
 const isOperator = () => state.user?.role === "operator";
-const runHref = (id) => `#/runs/${encodeURIComponent(id)}`;
-const pretty = (value) => JSON.stringify(value, null, 2);
-
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short",
-  timeStyle: "medium" });
-
-const timeEl = (iso) => (iso ? h("time", { datetime: iso, title: iso },
-  dateFormat.format(new Date(iso))) : h("span", { class: "muted" }, "—"));
-
-function formatDuration(ms) {
-  if (!Number.isFinite(ms) || ms < 0) return "—";
-  if (ms < 10) return `${ms.toFixed(ms < 1 ? 2 : 1)} ms`;
-  if (ms < 1000) return `${Math.round(ms)} ms`;
-  if (ms < 60_000) return `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`;
-  const s = Math.round(ms / 1000);
-  const [d, hr, m] = [Math.floor(s / 86400), Math.floor(s / 3600) % 24, Math.floor(s / 60) % 60];
-  if (d) return `${d} d ${hr} h`;
-  if (hr) return `${hr} h ${m} min`;
-  return `${m} min ${s % 60} s`;
-}
-
-const plural = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
-const since = (iso) => Date.now() - Date.parse(iso);
-const between = (from, to) => Date.parse(to) - Date.parse(from);
 
 /** A run's duration: from creation to its last update once finished; still counting (an
  * element the refresh updates, see tickDurations) while it is not. */
 function runDuration({ status, created_at: created, updated_at: updated }) {
   if (!ACTIVE.has(status)) return h("span", {}, formatDuration(between(created, updated)));
   return h("span", { "data-since": created }, formatDuration(since(created)));
-}
-
-const tickDurations = (root) => root.querySelectorAll("[data-since]")
-  .forEach((el) => { el.textContent = formatDuration(since(el.dataset.since)); });
-
-const statusBadge = (status, testid) =>
-  h("span", { class: `status status-${status.toLowerCase()}`, "data-testid": testid }, status);
-
-/** Keep `container`'s children in step with `items`, re-rendering only the items whose data
- * changed, so typed comments, focus and open <details> survive the live refresh. */
-const signatures = new WeakMap();
-function syncChildren(container, items, keyOf, render) {
-  const old = new Map([...container.children].map((el) => [el.dataset.key, el]));
-  items.forEach((item, index) => {
-    const key = keyOf(item);
-    const signature = JSON.stringify(item);
-    let el = old.get(key);
-    old.delete(key);
-    if (!el || signatures.get(el) !== signature) {
-      const fresh = render(item);
-      fresh.dataset.key = key;
-      signatures.set(fresh, signature);
-      if (el) el.replaceWith(fresh);
-      el = fresh;
-    }
-    // Move only what is out of place: moving a node would take the focus out of it.
-    const there = container.children[index];
-    if (there !== el) container.insertBefore(el, there ?? null);
-  });
-  for (const el of old.values()) el.remove();
 }
 
 // -- API -----------------------------------------------------------------------------------
@@ -131,9 +64,6 @@ async function api(path, { method = "GET", body, token = storedToken() } = {}) {
   }
   throw failure;
 }
-
-const workflowPath = (id, ...rest) =>
-  ["/api/v1/workflows", encodeURIComponent(id), ...rest.map(encodeURIComponent)].join("/");
 
 // -- session and messages ------------------------------------------------------------------
 
@@ -316,6 +246,7 @@ function runRow(run) {
 function runView(id) {
   const el = h("section", { class: "run", "data-testid": "run-page" },
     h("p", { class: "muted" }, "Loading…"));
+  const draft = { position: null, text: "" }; // the open fork form (journal.js)
   let last = "";
 
   async function refresh() {
@@ -330,21 +261,29 @@ function runView(id) {
     const signature = JSON.stringify([run, waiting, state.user]);
     if (signature !== last) {
       last = signature;
-      // Re-render, keeping open what the reader opened.
+      // Re-render, keeping open what the reader opened, and the focus in the fork form.
       const open = [...el.querySelectorAll("details[open]")].map((d) => d.dataset.key);
-      el.replaceChildren(...renderRun(run, waiting).flat().filter((node) => node != null));
+      const typing = document.activeElement?.closest('[data-testid="fork-form"]') &&
+        el.contains(document.activeElement);
+      el.replaceChildren(...renderRun(run, waiting, draft).flat().filter((node) => node != null));
       for (const d of el.querySelectorAll("details")) d.open ||= open.includes(d.dataset.key);
+      if (typing) $('[data-testid="fork-output"]', el)?.focus();
     }
     tickDurations(el);
   }
   return { title: `Run ${id}`, nav: "runs", el, refresh };
 }
 
-function renderRun(run, waiting) {
+function renderRun(run, waiting, draft) {
   const meta = [["Workflow", run.name], ["Created", timeEl(run.created_at)],
     ["Updated", timeEl(run.updated_at)], ["Duration", runDuration(run)],
     ["Recoveries", String(run.recoveries)], run.queue && ["Queue", run.queue],
-    run.owner && ["Worker", run.owner]].filter(Boolean);
+    run.owner && ["Worker", run.owner],
+    run.version && ["Version", h("span", { class: "mono", "data-testid": "run-version" },
+      run.version)],
+    run.forked_from != null && ["Forked from", h("span", { "data-testid": "run-forked-from" },
+      h("a", { href: runHref(run.forked_from), class: "mono" }, run.forked_from),
+      ` at entry #${run.forked_at}`)]].filter(Boolean);
   return [
     h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "Runs"), " / "),
     h("div", { class: "page-head" },
@@ -362,8 +301,21 @@ function renderRun(run, waiting) {
       h("section", {}, h("h2", {}, "Result"), runOutcome(run))),
     usageSection(run.usage),
     h("h2", {}, `Steps (${run.steps.length})`),
-    timeline(run),
+    timeline(run, isOperator() ? forkAction(run, draft) : null),
   ];
+}
+
+/** The fork action of the run's journal (see journal.js): POST the fork, then open the new
+ * run. Rejects with the API's error, which the fork form shows. */
+function forkAction(run, draft) {
+  async function submit(body) {
+    const fork = await api(workflowPath(run.id, "fork"), { method: "POST", body });
+    Object.assign(draft, { position: null, text: "" });
+    flash([`Forked run ${run.id} at entry #${body.from_step} as `,
+      h("a", { href: runHref(fork.id) }, fork.id), "."]);
+    location.hash = runHref(fork.id);
+  }
+  return { draft, submit };
 }
 
 /** The arguments as they were passed: a list, keywords, or both. */
@@ -378,17 +330,12 @@ function runOutcome(run) {
   return h("pre", { "data-testid": "run-output" }, pretty(run.output));
 }
 
-/** An error as `Type: message`; the type by its class name, the full path on hover. */
-const errorBox = (error, testid) => h("div", { class: "error-box", "data-testid": testid },
-  h("strong", { title: error.type }, error.type.split(".").pop()),
-  error.message ? `: ${error.message}` : "");
-
 /** Cancel for a run still going; resume for one that ended badly, and retry when one of its
  * steps failed (retry forgets that step's failure; resume would replay it). Operators only. */
 function runActions(run) {
   if (!isOperator()) {
     return h("p", { class: "muted", "data-testid": "read-only" },
-      "Read-only token: cancelling, resuming or retrying needs an operator token.");
+      "Read-only token: cancelling, resuming, retrying or forking needs an operator token.");
   }
   const act = (verb, label, done) => async (event) => {
     if (verb === "cancel" && !confirm(`Cancel run ${run.id}? Its compensations run.`)) return;
@@ -431,66 +378,6 @@ function usageSection(usage) {
       `when the run resumed, instead of being sent again: ${figures(saved)}.`) : null,
     models.length > 1 ? h("ul", {}, models.map(([model, u]) =>
       h("li", {}, h("span", { class: "mono" }, model), `: ${figures(u)}`))) : null);
-}
-
-/** The tokens a model-call step's recorded response reports, or null for other steps. */
-function stepTokens(step) {
-  if (!MODEL_STEPS.some((prefix) => step.name.startsWith(prefix))) return null;
-  const usage = step.output?.usage;
-  if (!usage) return null;
-  // OpenAI chat completions say prompt/completion tokens; Responses and Anthropic input/output.
-  const count = (...names) => names.map((n) => usage[n]).find(Number.isInteger) ?? 0;
-  return { input: count("prompt_tokens", "input_tokens"),
-    output: count("completion_tokens", "output_tokens") };
-}
-
-function timeline(run) {
-  const longest = Math.max(1, ...run.steps.map((s) => s.duration_ms ?? 0));
-  const items = run.steps.map((step) => stepItem(step, longest));
-  items.push(...(run.retrying ?? []).map(retryingItem));
-  if (!items.length) return h("p", { class: "muted", "data-testid": "timeline" }, "No step yet.");
-  return h("ol", { class: "timeline", "data-testid": "timeline" }, items);
-}
-
-function stepItem(step, longest) {
-  const duration = step.duration_ms ?? between(step.started_at, step.finished_at);
-  const bar = h("span", { class: `bar bar-${step.status.toLowerCase()}` });
-  bar.style.width = `${Math.max(0.5, (100 * duration) / longest)}%`;
-  const tokens = stepTokens(step);
-  const retries = step.attempts > 1 ? `${step.attempts} attempts` : null;
-  return h("li", { class: "step", "data-testid": "step", "data-name": step.name },
-    h("div", { class: "step-line" },
-      h("span", { class: "pos" }, `#${step.position}`),
-      h("span", { class: "mono step-name", "data-testid": "step-name" }, step.name),
-      statusBadge(step.status, "step-status"),
-      h("span", { class: "num", "data-testid": "step-duration" }, formatDuration(duration)),
-      h("span", { class: "track", "aria-hidden": "true" }, bar)),
-    h("div", { class: "step-facts" },
-      retries ? h("span", { class: "retries", "data-testid": "step-retries" }, retries) : null,
-      tokens ? h("span", { "data-testid": "step-tokens" },
-        `${tokens.input} input / ${tokens.output} output tokens`) : null,
-      h("span", { class: "muted" }, "started ", timeEl(step.started_at))),
-    step.error ? errorBox(step.error, "step-error") : null,
-    failureList(step.failures, `${step.key}:failures`),
-    step.status === "SUCCESS" ? h("details", { "data-key": `${step.key}:output` },
-      h("summary", {}, "Output"), h("pre", {}, pretty(step.output))) : null);
-}
-
-function retryingItem(retry) {
-  return h("li", { class: "step retrying", "data-testid": "step-retrying" },
-    h("div", { class: "step-line" }, h("span", { class: "pos" }, "…"),
-      h("span", { class: "mono step-name" }, retry.name), statusBadge("RETRYING")),
-    h("p", {}, `Attempt ${retry.next_attempt} due `, timeEl(retry.retry_at)),
-    failureList(retry.failures, `${retry.key}:retrying`));
-}
-
-function failureList(failures, key) {
-  if (!failures?.length) return null;
-  return h("details", { class: "failures", "data-key": key },
-    h("summary", {}, plural(failures.length, "failed attempt")),
-    h("ol", {}, failures.map((f) => h("li", {}, `Attempt ${f.attempt} failed at `,
-      timeEl(f.failed_at), ", next attempt at ", timeEl(f.retry_at), ": ",
-      errorBox(f.error, "attempt-error")))));
 }
 
 // -- approvals inbox -----------------------------------------------------------------------
