@@ -61,5 +61,18 @@ def agent(base_url: str) -> str:
     return helper.run("what is perdure?").text
 
 
+@perdure.workflow(name="corpus_patched")
+def patched(n: int) -> str:
+    """Recorded (schema 7) with a change marker: the new branch; a step after it."""
+    opened = charge(n)
+    receipt = charge(n + 1) if perdure.patched("second-charge") else "no second charge"
+    return f"{opened}; {receipt}"
+
+
 #: every corpus workflow by its registered name (the name an export records)
-WORKFLOWS = {"corpus_retried": retried, "corpus_waits": waits, "corpus_agent": agent}
+WORKFLOWS = {
+    "corpus_retried": retried,
+    "corpus_waits": waits,
+    "corpus_agent": agent,
+    "corpus_patched": patched,
+}

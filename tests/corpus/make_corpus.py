@@ -1,5 +1,6 @@
 """Write the export corpus: one recorded run of each workflow of corpus_app.py, exported with
-the current perdure as tests/corpus/<workflow name>.json.
+the current perdure as tests/corpus/<run id>.json. Files that exist are never overwritten:
+they are what an earlier perdure recorded.
 
 Run it (``.venv/bin/python tests/corpus/make_corpus.py``) only to add a run for a new
 workflow, or when the export format changes; never to make an old file pass. A format change
@@ -25,6 +26,8 @@ import corpus_app
 from fake_llm import FakeLLM
 
 HERE = Path(__file__).parent
+#: the recorded runs, by id (the file name); the suffix -7: recorded at schema version 7
+RUNS = ("corpus-retried", "corpus-waits", "corpus-agent", "corpus-agent-7", "corpus-patched-7")
 
 
 def main() -> None:
@@ -40,9 +43,15 @@ def main() -> None:
             handle.result(timeout=30)
             with FakeLLM(turns=2) as server:
                 engine.run(corpus_app.agent, server.openai_url, id="corpus-agent", timeout=30)
-            for workflow_id in ("corpus-retried", "corpus-waits", "corpus-agent"):
-                document = export_run(engine.store, workflow_id)
+            with FakeLLM(turns=2) as server:  # schema 7: model calls carry fingerprints
+                engine.run(corpus_app.agent, server.openai_url, id="corpus-agent-7", timeout=30)
+            engine.run(corpus_app.patched, 5, id="corpus-patched-7", timeout=30)
+            for workflow_id in RUNS:
                 path = HERE / f"{workflow_id}.json"
+                if path.exists():
+                    print(f"kept {path}")
+                    continue
+                document = export_run(engine.store, workflow_id)
                 path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
                 print(f"wrote {path}")
 
