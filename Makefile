@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test browser test-sqlite test-postgres lint bench bench-postgres clean
+.PHONY: demo test browser test-sqlite test-postgres lint bench bench-postgres chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "perdure needs Python >= 3.11"'
@@ -50,6 +50,13 @@ bench: $(STAMP)
 bench-postgres: $(STAMP)
 	$(PY) bench/pg_workers.py
 	$(PY) bench/pg_wakeup.py
+
+# The chaos run, long version (~6 min): 10,000 workflows through worker kills, PostgreSQL
+# restarts and a frozen worker; exits non-zero on any violation. It RESTARTS the server of
+# CHAOS_URL: point it at a cluster nobody else is using. `make test` runs the short version.
+CHAOS_URL ?= postgresql://postgres@127.0.0.1:5432/test
+chaos: $(STAMP)
+	$(PY) bench/chaos.py --url '$(CHAOS_URL)' $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

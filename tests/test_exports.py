@@ -8,6 +8,7 @@ PUBLIC = {
     "Approval", "ApprovalInfo", "ApprovalNotPending", "AsyncEngine", "AsyncWorkflowHandle",
     "AttemptInfo", "ConfigurationError", "CorruptRecordError", "DEFAULT_RETRY",
     "DeadLetteredError", "DeadlineExceededError", "Engine", "EngineClosedError", "ErrorInfo",
+    "Encryption", "MissingKeyError",
     "Failure", "FailureKind", "NO_RETRY", "NonDeterminismError", "PerdureError",
     "JsonLogFormatter", "LogContextFilter",
     "PermanentError", "Queue",

@@ -9,6 +9,7 @@ is private.
 from ._async_engine import AsyncEngine
 from ._context import idempotency_key, workflow_id
 from ._decorators import step, transaction, workflow
+from ._encryption import Encryption
 from ._engine import Engine
 from ._errors import (
     CallChangedError,
@@ -17,6 +18,7 @@ from ._errors import (
     DeadLetteredError,
     DeadlineExceededError,
     EngineClosedError,
+    MissingKeyError,
     NonDeterminismError,
     PatchRemovedError,
     PerdureError,
@@ -79,6 +81,7 @@ __all__ = [
     "CorruptRecordError",
     "DeadLetteredError",
     "DeadlineExceededError",
+    "Encryption",
     "Engine",
     "EngineClosedError",
     "ErrorInfo",
@@ -86,6 +89,7 @@ __all__ = [
     "FailureKind",
     "JsonLogFormatter",
     "LogContextFilter",
+    "MissingKeyError",
     "NonDeterminismError",
     "PatchRemovedError",
     "PerdureError",

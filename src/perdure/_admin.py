@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._errors import ConfigurationError, WorkflowNotFound
-from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo
+from ._records import AttemptInfo, ErrorInfo, StepInfo, WorkflowInfo, validate_workflow_id
 from ._signals import ApprovalInfo
 from .store import Store, WorkflowStatus
 
@@ -106,8 +106,10 @@ def get_workflow(store: Store, workflow_id: str) -> WorkflowInfo:
         WorkflowNotFound: no such workflow.
         StoreError: the database failed or the row cannot be read.
         SerializationError: the workflow's stored inputs are malformed.
+        ConfigurationError: ``workflow_id`` is not a valid workflow id (empty, too long,
+            control characters or lone surrogates): no workflow can have it.
     """
-    row = store.get_workflow(workflow_id)
+    row = store.get_workflow(validate_workflow_id(workflow_id))
     if row is None:
         raise WorkflowNotFound(workflow_id)
     return WorkflowInfo.from_row(row)
@@ -119,8 +121,9 @@ def list_steps(store: Store, workflow_id: str) -> list[StepInfo]:
     Raises:
         WorkflowNotFound: no such workflow.
         StoreError: the database failed or a row cannot be read.
+        ConfigurationError: ``workflow_id`` is not a valid workflow id.
     """
-    if store.get_workflow(workflow_id) is None:
+    if store.get_workflow(validate_workflow_id(workflow_id)) is None:
         raise WorkflowNotFound(workflow_id)
     failures: dict[str, list[AttemptInfo]] = {}
     for attempt in store.load_attempts(workflow_id):
@@ -137,8 +140,9 @@ def list_attempts(store: Store, workflow_id: str) -> list[AttemptInfo]:
 
     Raises:
         WorkflowNotFound: no such workflow.
+        ConfigurationError: ``workflow_id`` is not a valid workflow id.
     """
-    if store.get_workflow(workflow_id) is None:
+    if store.get_workflow(validate_workflow_id(workflow_id)) is None:
         raise WorkflowNotFound(workflow_id)
     return [AttemptInfo.from_row(row) for row in store.load_attempts(workflow_id)]
 

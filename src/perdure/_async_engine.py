@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
 from . import _context
+from ._encryption import Encryption
 from ._engine import Engine
 from ._handle import AsyncWorkflowHandle
 from ._queues import Queue
@@ -42,6 +43,7 @@ class AsyncEngine:
         recover: bool = True,
         max_entry_bytes: int = 32 * 1024 * 1024,
         blob_threshold: int = 256 * 1024,
+        encryption: Encryption | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "durability": durability,
@@ -53,6 +55,7 @@ class AsyncEngine:
             "recover": recover,
             "max_entry_bytes": max_entry_bytes,
             "blob_threshold": blob_threshold,
+            "encryption": encryption,
         }
         self.url = url
         self._engine: Engine | None = None

@@ -29,19 +29,20 @@ from ._decorators import StepSpec
 from ._errors import (
     CallChangedError,
     ConfigurationError,
+    CorruptRecordError,
     DeadlineExceededError,
     NonDeterminismError,
     PatchRemovedError,
     PerdureError,
     RecordedStepError,
     SerializationError,
-    StoreError,
     WorkflowCancelled,
     WorkflowInterrupted,
     WorkflowSuspended,
 )
+from ._journal import JournalWriter
 from ._retry import DEFAULT_RETRY, RetryPolicy
-from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store, WorkflowStatus
+from .store import AttemptRow, Lease, StepRow, StepStatus, Store, WorkflowStatus
 
 #: journal keys of change markers (``perdure.patched``) start with this; they take no
 #: position in a branch, so adding a ``patched()`` call moves no step's key
@@ -85,7 +86,7 @@ class Branch:
         return branch
 
 
-class WorkflowContext:
+class WorkflowContext(JournalWriter):
     """The state of one run of one workflow in this process.
 
     Args:
@@ -140,13 +141,15 @@ class WorkflowContext:
         for attempt in sorted(attempts or [], key=lambda a: a.attempt):
             self._attempts.setdefault(attempt.key, []).append(attempt)
         self.root = Branch("")
+        _check_positions(workflow_id, journal)
         self._journal: dict[str, StepRow] = {row.key: row for row in journal}
         self._used: set[str] = set()
         self._stopping = stopping
         self._io = io
         self._position = max((row.position for row in journal), default=-1) + 1
         self._positions: dict[str, int] = {}  # key -> the position its entry was given
-        self._broken: NonDeterminismError | None = None
+        #: latched: a non-determinism, or a recorded entry that cannot be read back
+        self._broken: PerdureError | None = None
         self._patches: dict[str, bool] = {}  # change marker key -> the branch taken
         #: calls replayed with another fingerprint than recorded (policy "warn"), by key
         self.call_changes: dict[str, CallChangedError] = {}
@@ -181,9 +184,15 @@ class WorkflowContext:
         return row
 
     def replay(self, row: StepRow, hint: Any) -> Any:
-        """Return a recorded step's value, or raise its recorded exception again."""
+        """Return a recorded step's value, or raise its recorded exception again.
+
+        Raises:
+            SerializationError: the entry cannot be read back (latched, see :meth:`decode`).
+        """
         if row.status is StepStatus.SUCCESS:
             return self.decode(row, hint)
+        if not _serialize.is_error_record(row.error):
+            raise self._unreadable(row, "it records a failure but its error record is damaged")
         raise rebuild_error(row.error or "{}")
 
     def check_call(self, row: StepRow, spec: StepSpec) -> None:
@@ -216,11 +225,25 @@ class WorkflowContext:
 
     def decode(self, row: StepRow, hint: Any) -> Any:
         """A recorded step's value, rebuilt (the first run returns this too, not the original
-        object, so the first run and every replay see the same value)."""
+        object, so the first run and every replay see the same value).
+
+        Raises:
+            SerializationError: the value cannot be rebuilt (a damaged row, a class unknown
+                here). Latched like non-determinism: workflow code that catches it cannot
+                go on with a value the journal does not hold; the run ends with it.
+        """
+        if row.output is None:
+            raise self._unreadable(row, "it records a success but holds no value")
         try:
-            return _serialize.loads(row.output or "null", hint)
+            return _serialize.loads(row.output, hint)
         except SerializationError as exc:
-            raise SerializationError(f"{self._where(row.key, row.name)}: {exc}") from exc
+            raise self._unreadable(row, str(exc)) from exc
+
+    def _unreadable(self, row: StepRow, why: str) -> SerializationError:
+        """Latch (and return, to be raised) the error of an entry that cannot be read back."""
+        error = SerializationError(f"{self._where(row.key, row.name)}: {why}")
+        self._broken = error
+        return error
 
     def attempts(self, key: str) -> list[AttemptRow]:
         """The failed attempts already journaled for the step with this key."""
@@ -318,160 +341,6 @@ class WorkflowContext:
             self._broken = NonDeterminismError(self.workflow_id, first.key, first.name, None)
             raise self._broken
 
-    # -- recording -------------------------------------------------------------------------
-
-    def success_row(
-        self,
-        key: str,
-        name: str,
-        value: Any,
-        started: float,
-        attempts: int = 1,
-        fingerprint: str | None = None,
-    ) -> StepRow:
-        """Build the journal entry for a step that returned ``value``.
-
-        Raises:
-            SerializationError: ``value`` cannot be journaled (names the step and the type).
-        """
-        try:
-            output = _serialize.dumps(value)
-        except _serialize.UnserializableValue as exc:
-            raise SerializationError(
-                f"{self._where(key, name)} returned a value perdure cannot journal: "
-                f"{exc.type_name} at {exc.path or 'the top level'}{exc.reason}. Return JSON "
-                "data, a dataclass, an Enum or a pydantic model; nothing was committed"
-            ) from None
-        if len(output) > self.max_entry_bytes:
-            raise SerializationError(
-                f"{self._where(key, name)} returned {len(output):,} bytes of journal JSON, over "
-                f"the {self.max_entry_bytes:,}-byte cap of one entry (Engine(max_entry_bytes=)): "
-                "store the payload elsewhere (a file, a bucket) and return a reference to it; "
-                "nothing was committed"
-            )
-        return self._row(key, name, StepStatus.SUCCESS, output, None, started, attempts,
-                         fingerprint)  # fmt: skip
-
-    def failure_row(
-        self,
-        key: str,
-        name: str,
-        exc: BaseException,
-        started: float,
-        attempts: int = 1,
-        fingerprint: str | None = None,
-    ) -> StepRow:
-        """Build the journal entry for a step that raised ``exc``."""
-        error = _serialize.dumps_error(exc)
-        return self._row(key, name, StepStatus.ERROR, None, error, started, attempts,
-                         fingerprint)  # fmt: skip
-
-    def _row(
-        self,
-        key: str,
-        name: str,
-        status: StepStatus,
-        out: str | None,
-        err: str | None,
-        started: float,
-        attempts: int,
-        fingerprint: str | None = None,
-    ) -> StepRow:
-        # A row built again for the same key (a transaction body retried by the store after
-        # a lost connection) keeps its position: journal positions stay gap-free.
-        position = self._positions.get(key)
-        if position is None:
-            position = self._positions[key] = self._position
-            self._position += 1
-        finished = self.clock.time()
-        return StepRow(self.workflow_id, position, key, name, status, out, err, started,
-                       finished, attempts, fingerprint)  # fmt: skip
-
-    def commit(self, row: StepRow) -> None:
-        """Write one journal entry durably.
-
-        Raises:
-            WorkflowInterrupted: the run must stop here and resume from the journal: this
-                run's lease is no longer current, or the store failed (the workflow is
-                released and resumes at this step). Store trouble never reaches user code.
-        """
-        try:
-            self.store.append_step(row, self.lease)
-        except OwnershipLost as exc:
-            raise WorkflowInterrupted(str(exc)) from None
-        except PerdureError as exc:
-            raise WorkflowInterrupted(
-                f"the journal write for {self._where(row.key, row.name)} failed ({exc}); the "
-                "workflow resumes at this step"
-            ) from exc
-
-    def transact(self, key: str, body: Callable[[Any], StepRow]) -> StepRow:
-        """Run ``body`` with a database connection inside the transaction that journals the
-        row it returns (a ``@transaction`` step); the row as committed (or as journaled
-        before, when an earlier commit's acknowledgement was lost). Fenced like
-        :meth:`commit`; exceptions from ``body`` roll back and propagate unchanged."""
-        try:
-            return self.store.append_step_atomically(self.workflow_id, key, self.lease, body)
-        except OwnershipLost as exc:
-            raise WorkflowInterrupted(str(exc)) from None
-        except StoreError as exc:
-            raise WorkflowInterrupted(
-                f"the transaction of step {key} of workflow {self.workflow_id!r} failed "
-                f"({exc}); the workflow resumes at this step"
-            ) from exc
-
-    def consume(self, topic: str, step: StepRow) -> str | None:
-        """Take the next message on ``topic`` and journal it as ``step`` (one transaction);
-        the payload, or None if none is waiting. Fenced like :meth:`commit`."""
-        try:
-            payload = self.store.consume_message(self.workflow_id, topic, step, self.lease)
-        except OwnershipLost as exc:
-            raise WorkflowInterrupted(str(exc)) from None
-        except PerdureError as exc:
-            raise WorkflowInterrupted(f"receiving a message failed ({exc})") from exc
-        return payload
-
-    def commit_attempt(self, row: AttemptRow) -> None:
-        """Journal a failed attempt that will be retried (fenced like :meth:`commit`)."""
-        try:
-            self.store.append_attempt(row, self.lease)
-        except OwnershipLost as exc:
-            raise WorkflowInterrupted(str(exc)) from None
-        except PerdureError as exc:
-            raise WorkflowInterrupted(f"journaling a failed attempt failed ({exc})") from exc
-
-    async def commit_attempt_async(self, row: AttemptRow) -> None:
-        """:meth:`commit_attempt` from async code (on the I/O executor when there is one)."""
-        if self._io is None:
-            self.commit_attempt(row)
-        else:
-            await self._hop(self.commit_attempt, row)
-
-    async def commit_async(self, row: StepRow) -> None:
-        """:meth:`commit` from async code: on the I/O executor, so the event loop never waits
-        on an fsync; inline when no executor was given (commits that do not fsync are
-        cheaper than the thread hop)."""
-        if self._io is None:
-            self.commit(row)
-        else:
-            await self._hop(self.commit, row)
-
-    async def _hop(self, write: Callable[[Any], None], row: Any) -> None:
-        """Run a journal write on the I/O executor. A cancellation of the workflow arriving
-        meanwhile waits for the write to land, so that the cancellation takes effect at the
-        next step boundary, the same point a replay reaches (the engine stopping does not
-        wait: the run resumes from whatever the journal holds)."""
-        write_done = asyncio.get_running_loop().run_in_executor(self._io, write, row)
-        try:
-            await asyncio.shield(write_done)
-        except asyncio.CancelledError:
-            if not self.cancel_requested or self._stopping():
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            await write_done
-
     def registration_key(self) -> tuple[Any, ...]:
         """Where in the run a compensation is registered: the calling branch's path and the
         count of its step calls so far. Deterministic across replays, whatever the branches'
@@ -503,8 +372,25 @@ class WorkflowContext:
         earlier in the run wins over whatever the code raised after it."""
         return WorkflowStatus.ERROR, None, _serialize.dumps_error(self._broken or self._late or exc)
 
-    def _where(self, key: str, name: str) -> str:
-        return f"step {name!r} (position {key} of workflow {self.workflow_id!r})"
+
+def _check_positions(workflow_id: str, journal: list[StepRow]) -> None:
+    """Refuse a journal whose positions are not distinct and non-negative: the engine never
+    writes such a journal (no constraint of the schema forbids it), and forks, retries and
+    ``list_steps`` address entries by position.
+
+    Raises:
+        CorruptRecordError: naming the rows.
+    """
+    seen: dict[int, str] = {}
+    for row in journal:
+        other = seen.setdefault(row.position, row.key)
+        if row.position >= 0 and other == row.key:
+            continue
+        what = f"position {row.position}" + (f", as row {other!r} does" if other != row.key else "")
+        raise CorruptRecordError(
+            f"journal row {row.key!r} ({row.name}) of workflow {workflow_id!r} has {what}: "
+            "the journal was altered outside perdure"
+        )
 
 
 def rebuild_error(text: str) -> BaseException:

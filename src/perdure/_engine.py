@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, overload
 from . import _runner
 from ._clock import Clock, DatabaseClock
 from ._decorators import WorkflowSpec, registered, spec_of
+from ._encryption import Encryption
 from ._engine_ops import EngineOperations
 from ._errors import (
     ConfigurationError,
@@ -103,6 +104,10 @@ class Engine(Recovery, EngineOperations):
         compatible_versions: versions of workflows started by other code that this engine
             resumes too (their journals replay with this code), or ``"any"``. Runs of other
             versions are left for a process running their version.
+        encryption: encrypt every payload stored (inputs, results, errors, messages, events,
+            approval details; blobs too) with AES-256-GCM: ``perdure.Encryption(keys={...},
+            current=...)``, or ``perdure.Encryption.from_env()``. Default: stored in clear.
+            See docs/security.md.
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class Engine(Recovery, EngineOperations):
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
         version: str | None = None,
         compatible_versions: Compatible = (),
+        encryption: Encryption | None = None,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if heartbeat_interval * 2 > lease_seconds:
@@ -133,6 +139,7 @@ class Engine(Recovery, EngineOperations):
         self.versions = Versions(version, compatible_versions)
         self._durability: Literal["full", "normal"] = durability
         self._blob_threshold = blob_threshold
+        self._encryption = encryption
         self._lease = lease_seconds
         self._heartbeat_interval = heartbeat_interval
         self._recovery_interval = recovery_interval
@@ -176,8 +183,9 @@ class Engine(Recovery, EngineOperations):
         if self._closing.is_set():
             raise EngineClosedError("this engine was closed; create a new Engine")
         self._store = open_store(
-            self.url, durability=self._durability, blob_threshold=self._blob_threshold
-        )
+            self.url, durability=self._durability, blob_threshold=self._blob_threshold,
+            encryption=self._encryption,
+        )  # fmt: skip
         try:
             notified = self._auto_recover and self._store.subscribe(self._wake.set)
             if self._poll_interval is None:
@@ -186,7 +194,7 @@ class Engine(Recovery, EngineOperations):
             self._measure_clock()
             self._runner.start(self._store)
             if self._auto_recover:
-                self.recover()
+                self._first_recovery()
         except BaseException:
             self.close()
             raise
@@ -403,8 +411,9 @@ class Engine(Recovery, EngineOperations):
 
         Raises:
             WorkflowNotFound: no such workflow.
+            ConfigurationError: ``workflow_id`` is not a valid workflow id.
         """
-        row = self.store.request_cancel(workflow_id)
+        row = self.store.request_cancel(validate_workflow_id(workflow_id))
         if row is None:
             raise WorkflowNotFound(workflow_id)
         if not row.status.finished:
@@ -418,12 +427,19 @@ class Engine(Recovery, EngineOperations):
         ``retry_failed_step``: then the step whose failure ended the workflow is forgotten
         first (in the same transaction), and that step runs again; every other step replays.
 
+        Resuming here is a deliberate choice of this code: the run adopts this engine's code
+        version (see docs/change-safety.md), so this engine, and any worker of its version,
+        runs it whatever version started it. (``perdure resume`` from the command line, with
+        no code, keeps the run's version.)
+
         Raises:
             WorkflowNotFound: no such workflow.
             WorkflowStateError: it is running, pending or succeeded.
         """
         info = self.get_workflow(workflow_id)
-        if not self.store.reset_workflow(workflow_id, retry_failed_step):
+        spec = registered(info.name)
+        version = None if spec is None else self.versions.of(spec)
+        if not self.store.reset_workflow(workflow_id, retry_failed_step, version):
             raise WorkflowStateError(
                 f"workflow {workflow_id!r} is {info.status}: only ERROR, CANCELLED and "
                 "DEAD_LETTER workflows can be resumed"

@@ -45,7 +45,8 @@ class EngineOperations:
 
         Raises:
             WorkflowNotFound: no such workflow. SerializationError: the payload cannot be
-            journaled. ConfigurationError: the payload is None.
+            journaled. ConfigurationError: the payload is None, or ``workflow_id`` or
+            ``topic`` is not valid (empty, control characters, lone surrogates).
         """
         sent = _signals.send(self.store, workflow_id, topic, payload, idempotency_key)
         self._wake.set()
@@ -57,6 +58,7 @@ class EngineOperations:
 
         Raises:
             WorkflowNotFound: no such workflow.
+            ConfigurationError: ``workflow_id`` or ``key`` is not valid.
         """
         return _signals.get_event(self.store, workflow_id, key, timeout)
 
@@ -68,6 +70,7 @@ class EngineOperations:
         Raises:
             WorkflowNotFound: no such workflow.
             ApprovalNotPending: nothing of that name waits for a decision.
+            ConfigurationError: ``workflow_id`` or ``name`` is not valid.
         """
         _signals.decide(self.store, workflow_id, name, True, by, comment)
         self._wake.set()

@@ -26,7 +26,8 @@
     ├── ResultTimeoutError            waiting for a result took longer than the caller allowed
     └── StoreError                    the database failed or holds data perdure cannot read
         ├── StoreUnavailableError     the database cannot be reached or opened
-        └── CorruptRecordError        a row exists but cannot be read (bad JSON, unknown version)
+        ├── CorruptRecordError        a row exists but cannot be read (bad JSON, unknown version)
+        └── MissingKeyError           a row is encrypted with a key this process does not have
 
 Engine control flow (``WorkflowInterrupted``) derives from ``BaseException`` and not from
 ``PerdureError``: it unwinds a workflow that must stop running in this process (the engine
@@ -318,6 +319,22 @@ class StoreUnavailableError(StoreError):
 
 class CorruptRecordError(StoreError):
     """A journal or workflow row exists but cannot be read."""
+
+
+class MissingKeyError(StoreError):
+    """A row is encrypted with a key id this process does not have (see docs/security.md).
+
+    A configuration problem of the reading process, not damage: the row is intact, and a
+    process given the key reads it. An engine gives such a workflow back for a worker that
+    has the key, instead of failing or dead-lettering it.
+
+    Attributes:
+        key_id: the key id the row names.
+    """
+
+    def __init__(self, message: str, key_id: str = "?") -> None:
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class WorkflowCancelled(BaseException):

@@ -76,18 +76,22 @@ def fork(
         raise WorkflowNotFound(workflow_id)
     journal = store.load_steps(workflow_id)
     replacing = replace_output is not UNSET
-    last = len(journal) - 1 if replacing else len(journal)
-    if isinstance(from_step, bool) or not isinstance(from_step, int) or not 0 <= from_step <= last:
+    at = {row.position: row for row in journal}
+    end = max(at, default=-1) + 1  # positions may have a gap where a retry forgot a step
+    last = end - 1 if replacing else end
+    valid = not isinstance(from_step, bool) and isinstance(from_step, int)
+    if not valid or not 0 <= from_step <= last or (replacing and from_step not in at):
         what = "an entry to replace" if replacing else "a position to fork at"
         raise ConfigurationError(
             f"from_step={from_step!r} is not {what} in the journal of {workflow_id!r}: it has "
-            f"{len(journal)} entries (positions 0 to {len(journal) - 1}); see perdure show "
+            f"{len(journal)} entries (positions 0 to {end - 1}); see perdure show "
             f"{workflow_id}"
         )
     fork_id = validate_workflow_id(new_id) if new_id is not None else _new_id(workflow_id)
-    steps = [dataclasses.replace(row, workflow_id=fork_id) for row in journal[:from_step]]
+    steps = [dataclasses.replace(row, workflow_id=fork_id) for row in journal
+             if row.position < from_step]  # fmt: skip
     if replacing:
-        steps.append(_replaced(journal[from_step], fork_id, replace_output))
+        steps.append(_replaced(at[from_step], fork_id, replace_output))
     now = time.time()
     row = WorkflowRow(
         fork_id, original.name,

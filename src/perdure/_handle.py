@@ -16,6 +16,7 @@ from . import _serialize
 from ._decorators import registered
 from ._errors import (
     ResultTimeoutError,
+    SerializationError,
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotFound,
@@ -70,7 +71,9 @@ class WorkflowHandle(Generic[R]):
 
         Raises:
             The workflow's exception (rebuilt), or ``WorkflowFailedError`` when its class is
-            not available here; ``ResultTimeoutError`` when ``timeout`` passes first.
+            not available here; ``ResultTimeoutError`` when ``timeout`` passes first;
+            ``SerializationError`` (naming the workflow) when its stored result cannot be
+            read back.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _FIRST_POLL
@@ -143,7 +146,14 @@ def outcome(row: WorkflowRow) -> Any:
     spec = registered(row.name)
     if row.status is WorkflowStatus.SUCCESS:
         hint = spec.hints().get("return") if spec is not None else None
-        return _serialize.loads(row.output or "null", hint)
+        try:
+            if row.output is None:
+                raise SerializationError("the row records a success but no result")
+            return _serialize.loads(row.output, hint)
+        except SerializationError as unreadable:
+            raise SerializationError(
+                f"the result of workflow {row.id!r} cannot be read: {unreadable}"
+            ) from unreadable
     if row.status is WorkflowStatus.CANCELLED and row.error is None:  # cancelled in its queue
         raise WorkflowCancelledError(f"workflow {row.id!r} was cancelled before it started")
     exc = _serialize.loads_error(row.error or "{}")

@@ -27,7 +27,7 @@ from ._errors import (
     WorkflowNotFound,
     WorkflowStateError,
 )
-from ._records import AttemptInfo, StepInfo, WorkflowInfo
+from ._records import AttemptInfo, StepInfo, WorkflowInfo, validate_workflow_id
 from ._signals import ApprovalInfo, ApprovalNotPending
 from ._usage import REPLAY_EVENT, Usage, replay_saved, usage
 from .store import StepRow, StepStatus, Store, WorkflowStatus, failing_step_key
@@ -200,7 +200,7 @@ class Operations:
         the request was recorded. A finished workflow is left as it is."""
         if self.engine is not None:
             return self.engine.cancel(workflow_id)
-        row = self.store.request_cancel(workflow_id)
+        row = self.store.request_cancel(validate_workflow_id(workflow_id))
         if row is None:
             raise WorkflowNotFound(workflow_id)
         return row.status

@@ -195,6 +195,20 @@ def validate_workflow_id(workflow_id: str) -> str:
     return workflow_id
 
 
+def validate_name(name: str, what: str) -> str:
+    """Check a message topic, an event key or an approval name: a non-empty string without
+    control characters or lone surrogates (which no database stores the same way).
+
+    Raises:
+        ConfigurationError: the name is not acceptable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"a {what} must be a non-empty string, not {name!r}")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        raise ConfigurationError(f"{what} {name!r} contains a control character or lone surrogate")
+    return name
+
+
 def bind_inputs(
     spec: WorkflowSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
 
+from . import _failpoints
 from ._clock import Clock
 from ._decorators import registered, registered_names
 from ._errors import (
@@ -146,6 +147,16 @@ class Recovery:
         store.forget_workers(dead + expired)
         return handles
 
+    def _first_recovery(self) -> None:
+        """The sweep made when the engine opens. Its failure (the database briefly locked or
+        unreachable, a row it could not take) does not stop the engine from opening: like
+        any failed sweep it is logged and made again at the next heartbeat."""
+        try:
+            self.recover()
+        except Exception as exc:
+            log.warning("perdure: recovering unfinished workflows failed, retrying: %s", exc)
+            self._backlog = True  # the maintenance loop sweeps at its next heartbeat
+
     def _release_strays(self) -> None:
         """Give back workflows the database says this engine holds but it does not run: a
         claim whose acknowledgement was lost with the connection (the claim committed, the
@@ -169,6 +180,8 @@ class Recovery:
         failure give it back. Returns whether launched."""
         lease = row.lease
         assert lease is not None
+        if _failpoints.ARMED:
+            _failpoints.hit("workflow.launch")
         if row.stalls > self._max_recoveries:
             self._dead_letter(row, lease)
             return False
@@ -179,8 +192,11 @@ class Recovery:
             try:
                 args, kwargs = decode_inputs(row.inputs, spec.hints())
             except SerializationError as exc:
-                log.error("perdure: workflow %r cannot read its inputs: %s", row.id, exc)
-                self._runner.finish(row.id, lease, (WorkflowStatus.ERROR, None, dumps_error(exc)))
+                error = SerializationError(
+                    f"workflow {row.id!r} ({row.name}) cannot read its stored inputs: {exc}"
+                )
+                log.error("perdure: %s", error)
+                self._runner.finish(row.id, lease, (WorkflowStatus.ERROR, None, dumps_error(error)))
                 return False
             log.info("perdure: resuming workflow %r (%s)", row.id, row.name)
             self._runner.launch(spec, row, args, kwargs, fresh=fresh)

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import _context, _runner, _tracing
+from . import _context, _failpoints, _runner, _tracing
 from ._clock import Clock
 from ._context import WorkflowContext
 from ._decorators import WorkflowSpec
@@ -27,6 +27,7 @@ from ._errors import (
     CorruptRecordError,
     DeadLetteredError,
     EngineClosedError,
+    MissingKeyError,
     PerdureError,
     WorkflowInterrupted,
     WorkflowSuspended,
@@ -274,6 +275,8 @@ class Runner:
             pass
         except CorruptRecordError as exc:
             finished = self._unreadable(row.id, lease, exc)
+        except MissingKeyError as exc:  # this process lacks a key: given back, unstalled
+            log.error("perdure: workflow %r cannot be run here: %s", row.id, exc)
         except BaseException:
             crashed = True
             self._log_crash(row.id)
@@ -305,6 +308,8 @@ class Runner:
             pass
         except CorruptRecordError as exc:
             finished = await loop.run_in_executor(self._io, self._unreadable, row.id, lease, exc)
+        except MissingKeyError as exc:  # this process lacks a key: given back, unstalled
+            log.error("perdure: workflow %r cannot be run here: %s", row.id, exc)
         except BaseException:
             crashed = True
             self._log_crash(row.id)
@@ -321,6 +326,8 @@ class Runner:
         status, output, error = outcome
         assert self.store is not None
         try:
+            if _failpoints.ARMED:
+                _failpoints.hit("workflow.finish")
             self.store.finish_workflow(workflow_id, lease, status, output, error)
         except PerdureError as exc:
             raise WorkflowInterrupted(

@@ -351,6 +351,16 @@ def dumps_error(exc: BaseException) -> str:
     return _ENCODER.encode(record)
 
 
+def is_error_record(text: str | None) -> bool:
+    """Whether ``text`` is an error record as :func:`dumps_error` writes it (a JSON object
+    with a type and a message), whether or not its class can be rebuilt here."""
+    try:
+        record = json.loads(text or "")
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("type"), str) and "message" in record
+
+
 def error_summary(text: str) -> tuple[str, str]:
     """Return (type name, message) of a stored error, for display."""
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import _serialize
 from ._errors import ConfigurationError, PerdureError, SerializationError, WorkflowNotFound
-from ._records import lenient, utc
+from ._records import lenient, utc, validate_name, validate_workflow_id
 from ._waits import decision_message
 from .store import Store
 
@@ -51,11 +51,11 @@ def send(
     store: Store, workflow_id: str, topic: str, payload: Any, idempotency_key: str | None
 ) -> bool:
     """Queue a message for a workflow (see :meth:`perdure.Engine.send`)."""
+    validate_workflow_id(workflow_id)
     if payload is None:
         raise ConfigurationError("a message payload cannot be None (receive() returns None "
                                  "on timeout)")  # fmt: skip
-    if not topic:
-        raise ConfigurationError("a message needs a non-empty topic")
+    validate_name(topic, "message topic")
     try:
         text = _serialize.dumps(payload)
     except _serialize.UnserializableValue as exc:
@@ -70,7 +70,8 @@ def send(
 
 def get_event(store: Store, workflow_id: str, key: str, timeout: float | None) -> Any:
     """A workflow's event value, waiting up to ``timeout`` seconds for it; None if absent."""
-    if store.get_workflow(workflow_id) is None:
+    validate_name(key, "event key")
+    if store.get_workflow(validate_workflow_id(workflow_id)) is None:
         raise WorkflowNotFound(workflow_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.005
@@ -92,8 +93,11 @@ def decide(
     Raises:
         WorkflowNotFound: no such workflow.
         ApprovalNotPending: nothing of that name waits for a decision.
+        ConfigurationError: ``workflow_id`` is not a valid workflow id, or ``name`` not a
+            valid approval name.
     """
-    if store.get_workflow(workflow_id) is None:
+    validate_name(name, "approval name")
+    if store.get_workflow(validate_workflow_id(workflow_id)) is None:
         raise WorkflowNotFound(workflow_id)
     status = "APPROVED" if approved else "REJECTED"
     message = decision_message(approved, by, comment)

@@ -30,6 +30,7 @@ from ._errors import (
     StepTimeoutError,
     WorkflowCancelled,
 )
+from ._journal import BodyFailed
 from ._retry import NO_RETRY, decide
 from .store import AttemptRow, StepRow
 
@@ -116,7 +117,7 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
                     return ctx.decode(committed, spec.return_hint())
                 value = _invoke_sync(spec, args, kwargs, ctx.step_timeout(spec))
             except Exception as exc:
-                if isinstance(exc, _BodyFailed):
+                if isinstance(exc, BodyFailed):
                     exc = exc.error
                 elif spec.transactional:
                     raise  # not the body's failure (its result cannot be journaled, say)
@@ -138,15 +139,6 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
             return ctx.decode(row, spec.return_hint())
 
 
-class _BodyFailed(Exception):
-    """Carries an exception raised by a ``@transaction`` body out of the store, so it is told
-    apart from a failure of the journal write itself (which stops the run)."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 def _run_transaction(
     ctx: WorkflowContext,
     key: str,
@@ -164,7 +156,7 @@ def _run_transaction(
         try:
             value = spec.fn(*args, **kwargs)
         except Exception as exc:
-            raise _BodyFailed(exc) from exc
+            raise BodyFailed(exc) from exc
         finally:
             _connection.reset(token)
         return ctx.success_row(key, spec.name, value, started, len(earlier) + 1, spec.fingerprint)

@@ -24,6 +24,7 @@ from . import _serialize
 from ._context import WorkflowContext, current
 from ._decorators import StepSpec
 from ._errors import PerdureError, SerializationError, WorkflowSuspended
+from ._records import validate_name
 from ._retry import NO_RETRY
 from ._steps import call_step_async, call_step_sync
 from .store import ApprovalRow, approval_topic
@@ -177,8 +178,13 @@ def receive(topic: str, timeout: float | dt.timedelta | None = None) -> Any:
     Returns:
         The message's payload, or None when the timeout passed first (so payloads are never
         None: ``send`` refuses None).
+
+    Raises:
+        ConfigurationError: ``topic`` is empty or holds control characters or lone
+            surrogates.
     """
     ctx = _in_workflow("receive")
+    validate_name(topic, "message topic")
     deadline = None
     if timeout is not None:
         spec = _timer_spec(ctx, "perdure.receive.deadline", _seconds(timeout))
@@ -197,6 +203,7 @@ def receive(topic: str, timeout: float | dt.timedelta | None = None) -> Any:
 async def receive_async(topic: str, timeout: float | dt.timedelta | None = None) -> Any:
     """:func:`receive` for async workflows."""
     ctx = _in_workflow("receive_async")
+    validate_name(topic, "message topic")
     deadline = None
     if timeout is not None:
         spec = _async_timer_spec(ctx, "perdure.receive.deadline", _seconds(timeout))
@@ -233,8 +240,14 @@ def _try_receive(
 
 def set_event(key: str, value: Any) -> None:
     """Publish a value from the workflow for the outside (``engine.get_event``): progress,
-    partial results. Setting a key again replaces its value."""
+    partial results. Setting a key again replaces its value.
+
+    Raises:
+        SerializationError: ``value`` cannot be journaled (nothing is published).
+        ConfigurationError: ``key`` is empty or holds control characters or lone surrogates.
+    """
     ctx = _in_workflow("set_event")
+    validate_name(key, "event key")
     text = _encode(value, f"event {key!r}")
     spec = StepSpec("perdure.set_event", lambda: ctx.store.set_event(ctx.workflow_id, key, text),
                     None, True, retry=NO_RETRY)  # fmt: skip
@@ -247,6 +260,7 @@ def _encode(value: Any, what: str) -> str:
     except _serialize.UnserializableValue as exc:
         raise SerializationError(
             f"{what} cannot be journaled: {exc.type_name} at {exc.path or 'the top level'}"
+            f"{exc.reason}"
         ) from None
 
 
@@ -269,8 +283,13 @@ def wait_for_approval(
 
     Returns:
         The decision.
+
+    Raises:
+        SerializationError: ``details`` cannot be journaled (nothing is requested).
+        ConfigurationError: ``name`` is empty or holds control characters or lone surrogates.
     """
     ctx = _in_workflow("wait_for_approval")
+    validate_name(name, "approval name")
     _record_request(ctx, name, details)
     decision = receive(approval_topic(name), timeout)
     return _decision(ctx, name, decision)
@@ -281,6 +300,7 @@ async def wait_for_approval_async(
 ) -> Approval:
     """:func:`wait_for_approval` for async workflows."""
     ctx = _in_workflow("wait_for_approval_async")
+    validate_name(name, "approval name")
     _record_request(ctx, name, details)
     decision = await receive_async(approval_topic(name), timeout)
     return _decision(ctx, name, decision)

@@ -36,7 +36,7 @@ def ask_model(question: str) -> str:
 @perdure.step
 def act(answer: str) -> str:
     ledger["act"] += 1
-    if answer == "fail":
+    if answer == "fail" or (answer == "flaky" and ledger["act"] == 1):
         raise ValueError("the tool refused")
     return f"acted on {answer}"
 
@@ -141,3 +141,18 @@ def test_the_same_fork_asked_twice_is_one_run(engine: perdure.Engine) -> None:
     assert engine.fork("orig", 2, new_id="fixed", replace_output="one").id == "fixed"
     with pytest.raises(perdure.WorkflowConflictError):
         engine.fork("orig", 2, new_id="fixed", replace_output="another")
+
+
+def test_fork_of_a_retried_run_uses_its_journal_positions(engine: perdure.Engine) -> None:
+    answers["q"] = "flaky"
+    with pytest.raises(ValueError):
+        engine.run(forkable, "q", id="retried")
+    engine.resume("retried", retry_failed_step=True).result(timeout=10)
+    positions = [(s.position, s.name) for s in engine.list_steps("retried")]
+    assert positions == [(0, "fetch"), (1, "fetch"), (2, "ask_model"), (3, "act")]
+    fixed = engine.fork("retried", 3, replace_output="acted anyway")
+    assert fixed.result(timeout=10)["result"] == "acted anyway"
+    assert ledger["act"] == 2  # the fork replayed its act from the replaced entry
+    again = engine.fork("retried", 3)  # copies 0..2: act runs again in the fork
+    assert again.result(timeout=10)["result"] == "acted on flaky"
+    assert ledger["act"] == 3

@@ -158,3 +158,20 @@ def test_bad_version_options_are_refused() -> None:
         perdure.Engine("sqlite:///unused.db", version="")
     with pytest.raises(perdure.ConfigurationError, match="'any'"):
         perdure.Engine("sqlite:///unused.db", compatible_versions="all")  # type: ignore[arg-type]
+
+
+@perdure.workflow(name="versioned_failing")
+def versioned_failing() -> str:
+    before()
+    raise RuntimeError("a bug, fixed by the next deploy")
+
+
+def test_engine_resume_adopts_the_resuming_code_version(db_url: str) -> None:
+    with _engine(db_url, version="v1") as old, pytest.raises(RuntimeError):
+        old.run(versioned_failing, id="bug", timeout=10)
+    with _engine(db_url, version="v2") as fixed:
+        handle = fixed.resume("bug")  # an explicit resume here: this code runs it
+        with pytest.raises(RuntimeError):
+            handle.result(timeout=10)  # (still failing: the test's code did not change)
+        assert fixed.get_workflow("bug").version == "v2"
+    assert ledger["before"] == 1  # replayed, not run again

@@ -34,16 +34,18 @@ from perdure.store import (
     open_store,
 )
 
-BACKENDS = ["sqlite", "postgres"]
+# each backend also with encryption at rest: the codec must be invisible behind the protocol
+BACKENDS = ["sqlite", "postgres", "sqlite+encryption", "postgres+encryption"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
         url = request.getfixturevalue("pg_url")
     else:
         url = f"sqlite:///{tmp_path / 'conformance.db'}"
-    s = open_store(url)
+    encrypted = request.param.endswith("+encryption")
+    s = open_store(url, encryption=perdure.Encryption({"k1": bytes(32)}) if encrypted else None)
     yield s
     s.close()
 

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from .._encryption import Encryption
 from .._errors import PerdureError
 from .._operations import Operations, error_code
 from ..store import Store, open_store
@@ -46,9 +47,10 @@ def reporting_errors() -> Iterator[None]:
 @contextmanager
 def opened(url: str) -> Iterator[Store]:
     """The store ``url`` names (opening it migrates it), closed on the way out; errors
-    reported as exit codes."""
+    reported as exit codes. Encrypted payloads are read with the keys of
+    ``PERDURE_ENCRYPTION_KEYS`` (see docs/security.md)."""
     with reporting_errors():
-        store = open_store(url)
+        store = open_store(url, encryption=Encryption.from_env())
         try:
             yield store
         finally:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import click
 
+from .._encryption import Encryption
 from .._engine import Engine
 from .._errors import ConfigurationError
 from ..server import Token, create_app, load_tokens, require_server_extra
@@ -91,13 +92,14 @@ def serve_command(
         with reporting_errors():
             require_server_extra()
             tokens = _configured_tokens(tokens_file)
+            encryption = Encryption.from_env()  # PERDURE_ENCRYPTION_KEYS: read and decrypt
         for module in apps:
             _import_user_module(module)
         import uvicorn
 
         _log_to_stderr()
-        with reporting_errors(), _engine(db, bool(apps)) as engine:
-            app = create_app(db, tokens=tokens, engine=engine)
+        with reporting_errors(), _engine(db, bool(apps), encryption) as engine:
+            app = create_app(db, tokens=tokens, engine=engine, encryption=encryption)
             _announce(db, host, port, tokens, engine is not None)
             config = uvicorn.Config(
                 app, host=host, port=port, timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN
@@ -134,12 +136,12 @@ def _warn_if_shared(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _engine(db: str, worker: bool) -> Iterator[Engine | None]:
+def _engine(db: str, worker: bool, encryption: Encryption | None) -> Iterator[Engine | None]:
     """An open engine on ``db`` when this server is to be a worker, else None."""
     if not worker:
         yield None
         return
-    with Engine(db) as engine:
+    with Engine(db, encryption=encryption) as engine:
         yield engine
 
 

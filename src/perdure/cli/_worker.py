@@ -28,6 +28,7 @@ import click
 
 from .. import __version__
 from .._decorators import registered_names
+from .._encryption import Encryption
 from .._engine import Engine
 from .._queues import Queue, registered_queues
 from .._versions import Compatible
@@ -131,7 +132,7 @@ def worker_command(
             accepted: Compatible = "any" if "any" in compatible else compatible
             engine = Engine(
                 db, max_threads=max_threads, shutdown_grace=shutdown_grace, version=version,
-                compatible_versions=accepted,
+                compatible_versions=accepted, encryption=Encryption.from_env(),
             ).open()  # fmt: skip
         try:
             click.echo(_ready_line(engine, names, db))

@@ -25,6 +25,7 @@ from ._tokens import Token, load_tokens
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from .._encryption import Encryption
     from .._engine import Engine
 
 __all__ = ["Token", "create_app", "load_tokens", "require_server_extra"]
@@ -46,7 +47,13 @@ def require_server_extra() -> None:
             ) from None
 
 
-def create_app(url: str, *, tokens: Mapping[str, Token], engine: Engine | None = None) -> FastAPI:
+def create_app(
+    url: str,
+    *,
+    tokens: Mapping[str, Token],
+    engine: Engine | None = None,
+    encryption: Encryption | None = None,
+) -> FastAPI:
     """The HTTP API as an ASGI application (routes in docs/api.md).
 
     Args:
@@ -57,6 +64,9 @@ def create_app(url: str, *, tokens: Mapping[str, Token], engine: Engine | None =
         engine: an open engine on the same database, making this process a worker: needed
             to start workflows (they must be registered here), and resumed workflows run in
             it. The caller keeps it open while the app runs, and closes it.
+        encryption: the keys the app's own store reads and writes encrypted payloads with
+            (``perdure.Encryption.from_env()`` for ``PERDURE_ENCRYPTION_KEYS``); ignored when
+            ``engine`` is given (its store has its own). See docs/security.md.
 
     Returns:
         A FastAPI application; serve it with uvicorn or any ASGI server.
@@ -69,4 +79,4 @@ def create_app(url: str, *, tokens: Mapping[str, Token], engine: Engine | None =
     require_server_extra()
     from ._app import build_app
 
-    return build_app(url, tokens, engine)
+    return build_app(url, tokens, engine, encryption)

@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
+from .._encryption import Encryption
 from .._engine import Engine
 from .._errors import PerdureError
 from .._operations import Operations, error_code
@@ -166,9 +167,14 @@ def _bearer_credential(scope: Scope) -> bytes:
     return b""
 
 
-def build_app(url: str, tokens: Mapping[str, Token], engine: Engine | None) -> FastAPI:
+def build_app(
+    url: str,
+    tokens: Mapping[str, Token],
+    engine: Engine | None,
+    encryption: Encryption | None = None,
+) -> FastAPI:
     """The app (see :func:`perdure.server.create_app`)."""
-    owned = None if engine is not None else open_store(url)
+    owned = None if engine is not None else open_store(url, encryption=encryption)
     store = engine.store if engine is not None else owned
     assert store is not None
 

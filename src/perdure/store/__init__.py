@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import unquote
 
+from .. import _failpoints
+from .._encryption import Encryption
 from .._errors import ConfigurationError
 from ._blobs import DEFAULT_BLOB_THRESHOLD
 from ._protocol import (
@@ -51,18 +53,22 @@ def open_store(
     *,
     durability: Literal["full", "normal"] = "full",
     blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+    encryption: Encryption | None = None,
 ) -> Store:
     """Open (and migrate) the store a URL names.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` and ``sqlite:///:memory:``
     are understood, and ``postgresql://user@host:port/dbname`` (also ``postgres://``; an optional
     ``?schema=NAME`` puts perdure's tables in that PostgreSQL schema), which needs the
-    ``postgres`` extra (``pip install 'perdure[postgres]'``).
+    ``postgres`` extra (``pip install 'perdure[postgres]'``). With ``encryption``, every payload
+    is encrypted as it is written and decrypted as it is read (see docs/security.md).
 
     Raises:
-        ConfigurationError: the URL's scheme is not supported.
+        ConfigurationError: the URL's scheme is not supported, or failpoints are set
+            outside a test run (``PERDURE_FAILPOINTS`` without ``PERDURE_TESTING=1``).
         StoreUnavailableError: the database cannot be opened.
     """
+    _failpoints.check()
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigurationError(
@@ -76,7 +82,10 @@ def open_store(
                 f"SQLite URL {url!r} needs three slashes: sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
-        store = SQLiteStore(unquote(rest[1:]), durability=durability, blob_threshold=blob_threshold)
+        store = SQLiteStore(
+            unquote(rest[1:]), durability=durability, blob_threshold=blob_threshold,
+            encryption=encryption,
+        )  # fmt: skip
         store.migrate()
         return store
     if scheme in ("postgresql", "postgres"):
@@ -87,7 +96,7 @@ def open_store(
                 f"PostgreSQL URL {url!r} needs psycopg 3 and psycopg_pool, which are not "
                 f"installed ({exc}): pip install 'perdure[postgres]'"
             ) from exc
-        pg = PostgresStore(url, blob_threshold=blob_threshold)
+        pg = PostgresStore(url, blob_threshold=blob_threshold, encryption=encryption)
         try:
             pg.migrate()
         except BaseException:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from .._errors import StoreError
+
 _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -34,6 +36,19 @@ def load_migrations(dialect: str) -> list[Migration]:
         found.append(Migration(int(match.group(1)), entry.name, _split(entry.read_text("utf-8"))))
     found.sort(key=lambda m: m.version)
     return found
+
+
+def migration_failed(
+    database: str, migration: Migration, current: int, exc: Exception
+) -> StoreError:
+    """The error of a migration file whose statements failed (the transaction rolled back):
+    most often a ``perdure_schema`` table that records an older version than the tables
+    have (edited by hand, or restored from another database)."""
+    return StoreError(
+        f"{database}: migration {migration.name} failed ({str(exc).strip()}); the database's "
+        f"perdure_schema table records schema version {current}, which its tables do not "
+        "match. Nothing was changed: make perdure_schema list the migrations the tables have"
+    )
 
 
 def _split(script: str) -> tuple[str, ...]:

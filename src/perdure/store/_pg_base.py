@@ -28,9 +28,12 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from .. import _failpoints
+from .._encryption import Encryption
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError
 from ._blobs import DEFAULT_BLOB_THRESHOLD, TableBlobs
-from ._migrations import load_migrations
+from ._codec import Codec
+from ._migrations import load_migrations, migration_failed
 from ._protocol import Lease, OwnershipLost, StepRow, WorkflowRow
 from ._rows import step_row, workflow_row
 
@@ -116,6 +119,7 @@ class PgBase:
         connect_timeout: float = 10.0,
         outage_timeout: float = 120.0,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        encryption: Encryption | None = None,
     ) -> None:
         conninfo, own = url_options(url)
         schema = schema if schema is not None else own.get("schema")
@@ -131,6 +135,7 @@ class PgBase:
         self._closed = False
         self._outage = False  # a call is retrying transient failures (for logging)
         self.blobs = TableBlobs(self._run, "%s", self._label, blob_threshold)
+        self.codec = Codec(self.blobs, encryption)
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(1, int(connect_timeout)),
@@ -170,12 +175,35 @@ class PgBase:
     # -- plumbing --------------------------------------------------------------------------
 
     def _wf(self, r: Sequence[Any]) -> WorkflowRow:
-        """A workflow row read from the database, its large payloads fetched."""
-        return self.blobs.workflow_in(workflow_row(r))
+        """A workflow row read from the database, its payloads unsealed."""
+        return self.codec.workflow_in(workflow_row(r))
 
     def _step(self, r: Sequence[Any]) -> StepRow:
-        """A journal row read from the database, its large output fetched."""
-        return self.blobs.step_in(step_row(r))
+        """A journal row read from the database, its payloads unsealed."""
+        return self.codec.step_in(step_row(r))
+
+    def _claimed(self, rows: Sequence[Sequence[Any]]) -> list[WorkflowRow]:
+        """Workflows this worker just claimed, read; one it cannot read is given back
+        (see :meth:`Codec.claimed`)."""
+        return self.codec.claimed(rows, self._give_back, self._dead_letter_unreadable)
+
+    def _dead_letter_unreadable(self, workflow_id: str, lease: Lease, error: str | None) -> None:
+        self._rowcount(
+            f"UPDATE workflows SET owner = NULL, status = 'DEAD_LETTER', error = %s, "
+            f"updated_at = {_NOW} WHERE id = %s AND owner = %s AND epoch = %s",
+            (error, workflow_id, lease.owner, lease.epoch),
+        )
+
+    def _give_back(self, workflow_id: str, lease: Lease) -> None:
+        def release(conn: Conn) -> None:
+            conn.execute(
+                f"UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = {_NOW} "
+                "WHERE id = %s AND owner = %s AND epoch = %s",
+                (workflow_id, lease.owner, lease.epoch),
+            )
+            self._notify(conn)  # another worker may take it at once
+
+        self._run(release)
 
     def _run(self, fn: Callable[[Conn], T], settled: Callable[[Conn], Any] | None = None) -> T:
         """Run ``fn`` on a pooled connection, retrying transient failures.
@@ -195,6 +223,8 @@ class PgBase:
                 raise StoreUnavailableError(f"the store for {self._label} is closed")
             try:
                 with self._pool.connection() as conn:
+                    if _failpoints.ARMED:
+                        _failpoints.connection_used(conn)
                     if give_up_at is not None and settled is not None:
                         found = settled(conn)
                         if found is not _UNSETTLED:
@@ -235,6 +265,19 @@ class PgBase:
     def _fetchone(self, query: str, params: Any = None) -> Any:
         return self._run(lambda c: c.execute(query, params).fetchone())
 
+    def _claiming(self, query: str, params: Any, failpoint: str) -> list[Any]:
+        """The rows a claiming ``UPDATE ... RETURNING`` took, in a transaction of its own
+        (the ``failpoint`` sits before its COMMIT, when it took any)."""
+
+        def claim(conn: Conn) -> list[Any]:
+            with conn.transaction():
+                rows = conn.execute(query, params).fetchall()
+                if rows and _failpoints.ARMED:
+                    _failpoints.hit(failpoint, conn)
+                return rows
+
+        return self._run(claim)
+
     # -- schema ----------------------------------------------------------------------------
 
     def migrate(self) -> None:
@@ -266,8 +309,13 @@ class PgBase:
                 for migration in migrations:
                     if migration.version <= current:
                         continue
-                    for statement in migration.statements:
-                        conn.execute(statement.encode())  # literal SQL, not a template
+                    try:
+                        for statement in migration.statements:
+                            conn.execute(statement.encode())  # literal SQL, not a template
+                    except psycopg.Error as exc:
+                        if transient(exc):
+                            raise  # retried by _run
+                        raise migration_failed(self._label, migration, current, exc) from exc
                     conn.execute(
                         f"INSERT INTO perdure_schema VALUES (%s, %s, {_NOW})",
                         (migration.version, migration.name),

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
+from .. import _failpoints
 from ._pg_base import _NOW, _UNSETTLED, Conn, PgBase, _hold, _mark
 from ._protocol import ApprovalRow, Lease, OwnershipLost, StepRow, WorkflowRow, approval_topic
 from ._rows import (
@@ -67,7 +68,7 @@ class PgWaiting(PgBase):
             "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             f"RETURNING {WF_COLUMNS}"
         )
-        return [self._wf(r) for r in self._fetchall(query, params)]
+        return self._claimed(self._claiming(query, params, "timer.fire"))
 
     def next_wake(
         self, names: Collection[str], versions: Collection[str] | None = None
@@ -93,6 +94,7 @@ class PgWaiting(PgBase):
         a lost acknowledgement finds the message it sent instead of sending it twice.
         """
         key = idempotency_key if idempotency_key is not None else f"perdure:{uuid.uuid4()}"
+        payload = self.codec.message_out(workflow_id, topic, payload)
 
         def settled(conn: Conn) -> Any:
             found = conn.execute(
@@ -132,25 +134,31 @@ class PgWaiting(PgBase):
                 conn.execute(
                     "UPDATE messages SET consumed_by = %s WHERE seq = %s", (step.key, found[0])
                 )
+                payload = self.codec.message_in(workflow_id, topic, str(found[1]))
                 conn.execute(
                     f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({PG_STEP_MARKS})",
                     (step.workflow_id, step.position, step.key, step.name, step.status.value,
-                     found[1], None, step.started_at, step.finished_at, step.attempts,
-                     step.fingerprint),
+                     self.codec.seal(payload, workflow_id, "step.output", step.key), None,
+                     step.started_at, step.finished_at, step.attempts, step.fingerprint),
                 )  # fmt: skip
-                return str(found[1])
+                if _failpoints.ARMED:
+                    _failpoints.hit("store.consume", conn)
+                return payload
 
         def settled(conn: Conn) -> Any:
             found = conn.execute(
                 "SELECT output FROM steps WHERE workflow_id = %s AND key = %s",
                 (workflow_id, step.key),
             ).fetchone()
-            return _UNSETTLED if found is None else found[0]
+            if found is None:
+                return _UNSETTLED
+            return self.codec.unseal(found[0], workflow_id, "step.output", step.key)
 
         return self._run(consume, settled)
 
     def set_event(self, workflow_id: str, key: str, value: str) -> None:
         """Publish (or replace) a workflow's event value."""
+        value = self.codec.event_out(workflow_id, key, value)
         self._rowcount(
             "INSERT INTO events (workflow_id, key, value, updated_at) "
             f"VALUES (%s, %s, %s, {_NOW}) "
@@ -164,14 +172,14 @@ class PgWaiting(PgBase):
         found = self._fetchone(
             "SELECT value FROM events WHERE workflow_id = %s AND key = %s", (workflow_id, key)
         )
-        return None if found is None else str(found[0])
+        return None if found is None else self.codec.event_in(workflow_id, key, str(found[0]))
 
     def request_approval(self, row: ApprovalRow) -> None:
         """Record a pending approval (a no-op if already recorded)."""
         self._rowcount(
             "INSERT INTO approvals (workflow_id, name, details, status, requested_at) "
             "VALUES (%s, %s, %s, 'PENDING', %s) ON CONFLICT DO NOTHING",
-            (row.workflow_id, row.name, row.details, row.requested_at),
+            (row.workflow_id, row.name, self.codec.details_out(row), row.requested_at),
         )
 
     def decide_approval(
@@ -184,6 +192,8 @@ class PgWaiting(PgBase):
         message: str,
     ) -> bool:
         """Decide a pending approval and queue the decision message, in one transaction."""
+        comment = self.codec.comment_out(workflow_id, name, comment)
+        message = self.codec.message_out(workflow_id, approval_topic(name), message)
 
         def decide(conn: Conn) -> bool:
             with conn.transaction():
@@ -228,7 +238,7 @@ class PgWaiting(PgBase):
             "AND approvals.name = %s",
             (workflow_id, name),
         )
-        return None if found is None else ApprovalRow(*found)
+        return None if found is None else self.codec.approval_in(ApprovalRow(*found))
 
     def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
         """PENDING approvals oldest first, or all newest first."""
@@ -240,4 +250,4 @@ class PgWaiting(PgBase):
             "LIMIT %s",
             (limit,),
         )
-        return [ApprovalRow(*r) for r in rows]
+        return [self.codec.approval_in(ApprovalRow(*r)) for r in rows]

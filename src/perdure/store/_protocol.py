@@ -213,7 +213,9 @@ class Store(Protocol):
     Large payloads are the store's business: a step output, workflow inputs or result above
     the store's blob threshold is kept out of the journal row (see ``perdure.store._blobs``)
     and every method that returns rows returns them with the payload itself, so the engine
-    never sees a blob reference.
+    never sees a blob reference. So is encryption at rest: a store opened with an
+    ``Encryption`` encrypts every payload it writes and decrypts every payload it returns
+    (``perdure.store._codec``), so the engine never sees ciphertext either.
     """
 
     def migrate(self) -> None:
@@ -401,10 +403,13 @@ class Store(Protocol):
             OwnershipLost: the lease is not current.
         """
 
-    def reset_workflow(self, workflow_id: str, retry_failed_step: bool = False) -> bool:
+    def reset_workflow(
+        self, workflow_id: str, retry_failed_step: bool = False, version: str | None = None
+    ) -> bool:
         """Make an ERROR, CANCELLED or DEAD_LETTER workflow runnable again: PENDING (back in
         its queue if it never left it), no owner, no outcome, no pending cancel, stalls
-        cleared. Its journal is untouched, unless ``retry_failed_step``: then, in the same
+        cleared; with ``version``, it records that code version (the code resuming it).
+        Its journal is untouched, unless ``retry_failed_step``: then, in the same
         transaction, the entry of the step whose failure ended the workflow (see
         ``perdure.store.failing_step_key``) is forgotten, with its failed attempts, so that
         step runs again when the workflow resumes. Nothing else is forgotten: every other

@@ -175,17 +175,25 @@ def failing_step_key(
     return next((key for key, error in failed if _error_identity(error) == wanted), None)
 
 
-def forget_failed_step(conn: Any, mark: str, workflow_id: str, error: str | None) -> str | None:
+def forget_failed_step(
+    conn: Any,
+    mark: str,
+    workflow_id: str,
+    error: str | None,
+    step_error: Callable[[str, str | None], str | None] = lambda key, text: text,
+) -> str | None:
     """Inside the caller's transaction: forget the journal entry of the step whose failure
     ended the workflow (:func:`failing_step_key`), with its failed attempts; return its key
-    (None: nothing forgotten). Steps journaled after it
+    (None: nothing forgotten). ``error`` is the workflow's error as read; ``step_error``
+    reads a step's stored error (by key and stored text: decrypted, where the store
+    encrypts). Steps journaled after it
     (a concurrent branch's) stay: they replay, so no step that succeeded runs twice."""
     failed = conn.execute(
         f"SELECT key, error FROM steps WHERE workflow_id = {mark} "
         "AND status = 'ERROR' ORDER BY position DESC",
         (workflow_id,),
     ).fetchall()
-    key = failing_step_key(error, [(str(r[0]), r[1]) for r in failed])
+    key = failing_step_key(error, [(str(r[0]), step_error(str(r[0]), r[1])) for r in failed])
     if key is None:
         return None
     for table in ("steps", "step_attempts"):

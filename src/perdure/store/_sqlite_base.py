@@ -11,9 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from .. import _failpoints
+from .._encryption import Encryption
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError
 from ._blobs import DEFAULT_BLOB_THRESHOLD, FileBlobs
-from ._migrations import load_migrations
+from ._codec import Codec
+from ._migrations import load_migrations, migration_failed
 from ._protocol import Lease, OwnershipLost, StepRow, WorkflowRow
 from ._rows import step_row, workflow_row
 
@@ -31,11 +34,13 @@ class SQLiteBase:
         durability: Literal["full", "normal"] = "full",
         busy_timeout: float = 5.0,
         blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+        encryption: Encryption | None = None,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ConfigurationError(f"durability must be 'full' or 'normal', not {durability!r}")
         self.path = path
         self.blobs = FileBlobs(path, blob_threshold)
+        self.codec = Codec(self.blobs, encryption)
         self._lock = threading.RLock()  # a transaction step's body may call the store
         self._closed = False
         if path != ":memory:":
@@ -57,18 +62,43 @@ class SQLiteBase:
     # -- plumbing --------------------------------------------------------------------------
 
     def _wf(self, r: Sequence[Any]) -> WorkflowRow:
-        """A workflow row read from the database, its large payloads fetched."""
-        return self.blobs.workflow_in(workflow_row(r))
+        """A workflow row read from the database, its payloads unsealed."""
+        return self.codec.workflow_in(workflow_row(r))
 
     def _step(self, r: Sequence[Any]) -> StepRow:
-        """A journal row read from the database, its large output fetched."""
-        return self.blobs.step_in(step_row(r))
+        """A journal row read from the database, its payloads unsealed."""
+        return self.codec.step_in(step_row(r))
+
+    def _claimed(self, rows: Sequence[Sequence[Any]]) -> list[WorkflowRow]:
+        """Workflows this worker just claimed, read; one it cannot read is given back
+        (see :meth:`Codec.claimed`)."""
+        return self.codec.claimed(rows, self._give_back, self._dead_letter_unreadable)
+
+    def _dead_letter_unreadable(self, workflow_id: str, lease: Lease, error: str | None) -> None:
+        self._run(
+            lambda c: c.execute(
+                "UPDATE workflows SET owner = NULL, status = 'DEAD_LETTER', error = ?, "
+                "updated_at = ? WHERE id = ? AND owner = ? AND epoch = ?",
+                (error, time.time(), workflow_id, lease.owner, lease.epoch),
+            )
+        )
+
+    def _give_back(self, workflow_id: str, lease: Lease) -> None:
+        self._run(
+            lambda c: c.execute(
+                "UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ? "
+                "WHERE id = ? AND owner = ? AND epoch = ?",
+                (time.time(), workflow_id, lease.owner, lease.epoch),
+            )
+        )
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             if self._closed:
                 raise StoreUnavailableError(f"the store for {self.path!r} is closed")
             try:
+                if _failpoints.ARMED:
+                    _failpoints.connection_used(self._conn)
                 return fn(self._conn)
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailableError(f"SQLite database {self.path!r}: {exc}") from exc
@@ -110,8 +140,14 @@ class SQLiteBase:
                 for migration in migrations:
                     if migration.version <= current:
                         continue
-                    for statement in migration.statements:
-                        conn.execute(statement)
+                    try:
+                        for statement in migration.statements:
+                            conn.execute(statement)
+                    except sqlite3.Error as exc:
+                        if exc.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                            raise  # another process holds the lock: unavailable, not broken
+                        where = f"SQLite database {self.path!r}"
+                        raise migration_failed(where, migration, current, exc) from exc
                     conn.execute(
                         "INSERT INTO perdure_schema VALUES (?, ?, ?)",
                         (migration.version, migration.name, time.time()),

@@ -7,6 +7,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+from .. import _failpoints
 from ._protocol import ApprovalRow, Lease, OwnershipLost, StepRow, WorkflowRow, approval_topic
 from ._rows import APPROVAL_COLUMNS, RUNNABLE, STEP_COLUMNS, STEP_MARKS, WF_COLUMNS, versions_sql
 from ._sqlite_base import SQLiteBase, _hold, _mark, _named_list
@@ -65,9 +66,12 @@ class SQLiteWaiting(SQLiteBase):
 
         def claim(conn: sqlite3.Connection) -> list[Any]:
             with self._transaction(conn):
-                return conn.execute(sql, params).fetchall()
+                rows = conn.execute(sql, params).fetchall()
+                if rows and _failpoints.ARMED:
+                    _failpoints.hit("timer.fire", conn)
+                return rows
 
-        return [self._wf(r) for r in self._run(claim)]
+        return self._claimed(self._run(claim))
 
     def next_wake(
         self, names: Collection[str], versions: Collection[str] | None = None
@@ -91,6 +95,7 @@ class SQLiteWaiting(SQLiteBase):
         self, workflow_id: str, topic: str, payload: str, idempotency_key: str | None
     ) -> bool:
         """Queue a message; False if its idempotency key was used before."""
+        payload = self.codec.message_out(workflow_id, topic, payload)
         cur = self._run(
             lambda c: c.execute(
                 "INSERT INTO messages (workflow_id, topic, payload, idempotency_key, sent_at) "
@@ -118,18 +123,22 @@ class SQLiteWaiting(SQLiteBase):
                 conn.execute(
                     "UPDATE messages SET consumed_by = ? WHERE seq = ?", (step.key, found[0])
                 )
+                payload = self.codec.message_in(workflow_id, topic, str(found[1]))
                 conn.execute(
                     f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({STEP_MARKS})",
                     (step.workflow_id, step.position, step.key, step.name, step.status.value,
-                     found[1], None, step.started_at, step.finished_at, step.attempts,
-                     step.fingerprint),
+                     self.codec.seal(payload, workflow_id, "step.output", step.key), None,
+                     step.started_at, step.finished_at, step.attempts, step.fingerprint),
                 )  # fmt: skip
-                return str(found[1])
+                if _failpoints.ARMED:
+                    _failpoints.hit("store.consume", conn)
+                return payload
 
         return self._run(consume)
 
     def set_event(self, workflow_id: str, key: str, value: str) -> None:
         """Publish (or replace) a workflow's event value."""
+        value = self.codec.event_out(workflow_id, key, value)
         self._run(
             lambda c: c.execute(
                 "INSERT INTO events (workflow_id, key, value, updated_at) VALUES (?,?,?,?) "
@@ -146,15 +155,16 @@ class SQLiteWaiting(SQLiteBase):
                 "SELECT value FROM events WHERE workflow_id = ? AND key = ?", (workflow_id, key)
             ).fetchone()
         )
-        return None if found is None else str(found[0])
+        return None if found is None else self.codec.event_in(workflow_id, key, str(found[0]))
 
     def request_approval(self, row: ApprovalRow) -> None:
         """Record a pending approval (a no-op if already recorded)."""
+        details = self.codec.details_out(row)
         self._run(
             lambda c: c.execute(
                 "INSERT INTO approvals (workflow_id, name, details, status, requested_at) "
                 "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (row.workflow_id, row.name, row.details, "PENDING", row.requested_at),
+                (row.workflow_id, row.name, details, "PENDING", row.requested_at),
             )
         )
 
@@ -168,6 +178,8 @@ class SQLiteWaiting(SQLiteBase):
         message: str,
     ) -> bool:
         """Decide a pending approval and queue the decision message, in one transaction."""
+        comment = self.codec.comment_out(workflow_id, name, comment)
+        message = self.codec.message_out(workflow_id, approval_topic(name), message)
 
         def decide(conn: sqlite3.Connection) -> bool:
             with self._transaction(conn):
@@ -207,7 +219,7 @@ class SQLiteWaiting(SQLiteBase):
                 ).fetchone()
 
         found = self._run(close)
-        return None if found is None else ApprovalRow(*found)
+        return None if found is None else self.codec.approval_in(ApprovalRow(*found))
 
     def list_approvals(self, pending_only: bool, limit: int) -> list[ApprovalRow]:
         """Approvals, oldest first."""
@@ -221,4 +233,4 @@ class SQLiteWaiting(SQLiteBase):
                 (limit,),
             ).fetchall()
         )
-        return [ApprovalRow(*r) for r in rows]
+        return [self.codec.approval_in(ApprovalRow(*r)) for r in rows]

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import psycopg
 
+from .. import _failpoints
 from .._errors import StoreError
 from ._pg_base import (
     _NOW,
@@ -47,14 +48,12 @@ from ._protocol import (
     AttemptRow,
     Lease,
     OwnershipLost,
-    QueueLimits,
     StepRow,
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
 )
 from ._rows import (
-    ACTIVE,
     ATTEMPT_COLUMNS,
     PG_STEP_MARKS,
     RESET_EVENT,
@@ -65,7 +64,6 @@ from ._rows import (
     WF_COLUMNS,
     attempt_rows,
     forget_failed_step,
-    stamp_sql,
     step_row,
     step_values,
     versions_sql,
@@ -75,9 +73,6 @@ from ._rows import (
 
 __all__ = ["MIGRATION_LOCK", "TRANSIENT_SQLSTATES", "PostgresStore", "split_url", "transient"]
 
-#: The first key of the advisory locks that serialize taking work off a limited queue
-#: ("pdur"; the second key is a hash of the queue's name).
-QUEUE_LOCK = int.from_bytes(b"pdur", "big")
 _CLAIMABLE = (
     f"{RUNNABLE} AND owner IS DISTINCT FROM %(me)s AND (owner IS NULL "
     "OR owner = ANY(%(dead)s::text[]) OR NOT EXISTS (SELECT 1 FROM workers WHERE "
@@ -121,7 +116,7 @@ class PostgresStore(PgWaiting, PgLimits):
     def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
         """Insert ``row`` unless its id exists; return (stored row, created)."""
         marks = ", ".join(["%s"] * len(WF_COLUMNS.split(",")))
-        written = self.blobs.workflow_out(row)
+        written = self.codec.workflow_out(row)
 
         def create(conn: Conn) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
@@ -144,14 +139,14 @@ class PostgresStore(PgWaiting, PgLimits):
             return stored, mine and stored.inputs == written.inputs
 
         stored, created = self._run(create)
-        return (row, True) if stored is row else (self.blobs.workflow_in(stored), created)
+        return (row, True) if stored is row else (self.codec.workflow_in(stored), created)
 
     def fork_workflow(self, row: WorkflowRow, steps: Sequence[StepRow]) -> tuple[WorkflowRow, bool]:
         """Create ``row`` with ``steps`` as its journal in one transaction (see the
         protocol). A retry after a lost acknowledgement finds the row and returns it as not
         created: the caller compares it with what it asked for."""
         marks = ", ".join(["%s"] * len(WF_COLUMNS.split(",")))
-        written = self.blobs.workflow_out(row)
+        written = self.codec.workflow_out(row)  # sealed for the fork's own id
 
         def fork(conn: Conn) -> tuple[WorkflowRow, bool]:
             with conn.transaction():
@@ -170,7 +165,7 @@ class PostgresStore(PgWaiting, PgLimits):
                 with conn.cursor() as cursor:
                     cursor.executemany(
                         f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({PG_STEP_MARKS})",
-                        [step_values(self.blobs.step_out(step, conn)) for step in steps],
+                        [step_values(self.codec.step_out(step, conn)) for step in steps],
                     )
                 if row.owner is None:
                     self._notify(conn)  # a worker may take it at once
@@ -224,7 +219,7 @@ class PostgresStore(PgWaiting, PgLimits):
     ) -> None:
         """Record the final outcome and drop ownership, if ``lease`` is current; approvals it
         still has pending are closed (nobody can decide them any more)."""
-        output = self.blobs.offload(output)
+        output, error = self.codec.result_out(workflow_id, output, error)
 
         def finish(conn: Conn) -> int:
             with conn.transaction():
@@ -243,6 +238,8 @@ class PostgresStore(PgWaiting, PgLimits):
                         "workflow_id = %s AND status = 'PENDING'",
                         (workflow_id,),
                     )
+                if _failpoints.ARMED:
+                    _failpoints.hit("store.finish", conn)
                 return count
 
         def settled(conn: Conn) -> Any:
@@ -257,13 +254,15 @@ class PostgresStore(PgWaiting, PgLimits):
         if self._run(finish, settled) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
-    def reset_workflow(self, workflow_id: str, retry_failed_step: bool = False) -> bool:
+    def reset_workflow(
+        self, workflow_id: str, retry_failed_step: bool = False, version: str | None = None
+    ) -> bool:
         """Make a finished, unsuccessful workflow runnable again (see the protocol); workers
         are notified at once. Each reset leaves a token of its own in the workflow's events,
         in the same transaction: a reset whose acknowledgement was lost is recognised by it
         (the workflow may already be running, or have failed again, by the time the retry
         looks), and never applied twice."""
-        mark = uuid.uuid4().hex
+        mark = self.codec.event_out(workflow_id, RESET_EVENT, json.dumps(uuid.uuid4().hex))
 
         def reset(conn: Conn) -> bool:
             with conn.transaction():
@@ -275,18 +274,21 @@ class PostgresStore(PgWaiting, PgLimits):
                 if found is None:
                     return False
                 if retry_failed_step:
-                    forget_failed_step(conn, "%s", workflow_id, found[0])
+                    error = self.codec.unseal(found[0], workflow_id, "workflow.error")
+                    forget_failed_step(
+                        conn, "%s", workflow_id, error, self.codec.step_error(workflow_id)
+                    )
                 conn.execute(
                     f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, "
                     f"output = NULL, error = NULL, stalls = 0, cancel_requested = 0, "
-                    f"updated_at = {_NOW} WHERE id = %s",
-                    (workflow_id,),
+                    f"updated_at = {_NOW}, version = COALESCE(%s, version) WHERE id = %s",
+                    (version, workflow_id),
                 )
                 conn.execute(
                     "INSERT INTO events (workflow_id, key, value, updated_at) "
                     f"VALUES (%s, %s, %s, {_NOW}) ON CONFLICT (workflow_id, key) "
                     "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    (workflow_id, RESET_EVENT, json.dumps(mark)),
+                    (workflow_id, RESET_EVENT, mark),
                 )
                 self._notify(conn)
                 return True
@@ -296,7 +298,7 @@ class PostgresStore(PgWaiting, PgLimits):
                 "SELECT value FROM events WHERE workflow_id = %s AND key = %s",
                 (workflow_id, RESET_EVENT),
             ).fetchone()
-            return True if found is not None and found[0] == json.dumps(mark) else _UNSETTLED
+            return True if found is not None and found[0] == mark else _UNSETTLED
 
         return self._run(reset, settled)
 
@@ -325,7 +327,7 @@ class PostgresStore(PgWaiting, PgLimits):
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
         """Commit one journal entry, fenced on the lease, in one statement."""
-        row = self.blobs.step_out(row)
+        row = self.codec.step_out(row)
         params = {
             "wf": row.workflow_id, "owner": lease.owner, "epoch": lease.epoch,
             "position": row.position, "key": row.key, "name": row.name,
@@ -333,7 +335,13 @@ class PostgresStore(PgWaiting, PgLimits):
             "started_at": row.started_at, "finished_at": row.finished_at,
             "attempts": row.attempts, "fingerprint": row.fingerprint,
         }  # fmt: skip
-        if self._rowcount(_APPEND_SQL, params, self._journaled(params)) != 1:
+
+        def append(conn: Conn) -> int:
+            if _failpoints.ARMED:
+                _failpoints.hit("store.append_step", conn)
+            return int(conn.execute(_APPEND_SQL, params).rowcount)
+
+        if self._run(append, self._journaled(params)) != 1:
             raise OwnershipLost(
                 f"worker {lease.owner} cannot record step {row.key} of workflow "
                 f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
@@ -363,14 +371,17 @@ class PostgresStore(PgWaiting, PgLimits):
                     raise
                 conn.execute(
                     f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({PG_STEP_MARKS})",
-                    step_values(self.blobs.step_out(row, conn)),
+                    step_values(self.codec.step_out(row, conn)),
                 )
+                if _failpoints.ARMED:
+                    _failpoints.hit("store.append_transaction", conn)
                 return row
 
-        return self.blobs.step_in(self._run(transact))
+        return self.codec.step_in(self._run(transact))
 
     def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
         """Record a failed attempt, fenced on the lease, in one statement."""
+        row = self.codec.attempt_out(row)
         params = {
             "wf": row.workflow_id, "owner": lease.owner, "epoch": lease.epoch,
             "key": row.key, "attempt": row.attempt, "name": row.name, "error": row.error,
@@ -407,47 +418,7 @@ class PostgresStore(PgWaiting, PgLimits):
             'ORDER BY failed_at, key COLLATE "C", attempt',
             (workflow_id,),
         )
-        return attempt_rows(workflow_id, rows)
-
-    # -- queues ----------------------------------------------------------------------------
-
-    def dequeue(
-        self,
-        worker_id: str,
-        queue: str,
-        names: Collection[str],
-        limit: int,
-        limits: QueueLimits,
-        stamp: Mapping[str, str] | None = None,
-    ) -> list[WorkflowRow]:
-        """Take ENQUEUED workflows the queue's limits admit (see the protocol). Workers
-        taking from one limited queue serialize on a transaction-level advisory lock, so the
-        counts they read cannot change before their update commits."""
-        if not names or limit <= 0:
-            return []
-        params: dict[str, Any] = {"me": worker_id, "q": queue, "names": list(names)}
-        version = stamp_sql(params, stamp, _mark)
-
-        def take(conn: Conn) -> list[Any]:
-            with conn.transaction():
-                room = limit
-                if limits != QueueLimits():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                                 (QUEUE_LOCK, queue))  # fmt: skip
-                    room = min([room, *_queue_room(conn, params, limits)])
-                if room <= 0:
-                    return []
-                return conn.execute(
-                    f"UPDATE workflows SET status = 'RUNNING', owner = %(me)s, epoch = epoch + 1, "
-                    f"dequeued_at = {_NOW}, updated_at = {_NOW}{version} WHERE id IN "
-                    "(SELECT id FROM workflows WHERE status = 'ENQUEUED' AND queue = %(q)s "
-                    "AND name = ANY(%(names)s::text[]) ORDER BY priority, created_at "
-                    "LIMIT %(room)s "
-                    f"FOR UPDATE SKIP LOCKED) RETURNING {WF_COLUMNS}",
-                    {**params, "room": room},
-                ).fetchall()
-
-        return [self._wf(r) for r in self._run(take)]
+        return self.codec.attempts_in(attempt_rows(workflow_id, rows))
 
     # -- cancellation ----------------------------------------------------------------------
 
@@ -492,14 +463,20 @@ class PostgresStore(PgWaiting, PgLimits):
 
     def heartbeat(self, worker: WorkerRow, lease_seconds: float) -> None:
         """Record that ``worker`` is alive for ``lease_seconds`` from now (database clock)."""
-        self._rowcount(
-            "INSERT INTO workers (id, host, pid, heartbeat_at, expires_at) "
-            "SELECT %s, %s, %s, t, t + %s FROM (SELECT "
-            f"{_NOW} AS t) AS clock "
-            "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
-            "expires_at = excluded.expires_at",
-            (worker.id, worker.host, worker.pid, float(lease_seconds)),
-        )
+
+        def renew(conn: Conn) -> None:
+            if _failpoints.ARMED:
+                _failpoints.hit("lease.renew", conn)
+            conn.execute(
+                "INSERT INTO workers (id, host, pid, heartbeat_at, expires_at) "
+                "SELECT %s, %s, %s, t, t + %s FROM (SELECT "
+                f"{_NOW} AS t) AS clock "
+                "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+                "expires_at = excluded.expires_at",
+                (worker.id, worker.host, worker.pid, float(lease_seconds)),
+            )
+
+        self._run(renew)
 
     def list_workers(self) -> list[WorkerRow]:
         """Every worker row, live or not."""
@@ -541,7 +518,7 @@ class PostgresStore(PgWaiting, PgLimits):
             "LIMIT %(limit)s "
             f"FOR UPDATE SKIP LOCKED) RETURNING {WF_COLUMNS}"
         )
-        return [self._wf(r) for r in self._fetchall(query, params)]
+        return self._claimed(self._claiming(query, params, "recovery.claim"))
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name."""
@@ -577,30 +554,3 @@ class PostgresStore(PgWaiting, PgLimits):
             f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {UNFINISHED})",
             (list(worker_ids),),
         )
-
-
-def _queue_room(conn: Conn, params: dict[str, Any], limits: QueueLimits) -> list[int]:
-    """How many more workflows each of the queue's limits admits now (one figure per limit
-    that is set), counted inside the caller's locked transaction."""
-    room: list[int] = []
-    if limits.concurrency is not None:
-        found = conn.execute(
-            f"SELECT COUNT(*) FROM workflows WHERE queue = %(q)s AND {ACTIVE}", params
-        ).fetchone()
-        room.append(limits.concurrency - int(found[0] if found else 0))
-    if limits.worker_concurrency is not None:
-        found = conn.execute(
-            "SELECT COUNT(*) FROM workflows WHERE queue = %(q)s AND owner = %(me)s AND "
-            "status = 'RUNNING'",
-            params,
-        ).fetchone()
-        room.append(limits.worker_concurrency - int(found[0] if found else 0))
-    if limits.rate_limit is not None:
-        count, per = limits.rate_limit
-        found = conn.execute(
-            "SELECT COUNT(*) FROM workflows WHERE queue = %(q)s AND dequeued_at > "
-            f"{_NOW} - %(per)s",
-            {**params, "per": float(per)},
-        ).fetchone()
-        room.append(count - int(found[0] if found else 0))
-    return room

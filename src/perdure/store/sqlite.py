@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from .. import _failpoints
 from .._errors import ConfigurationError
 from ._protocol import (
     AttemptRow,
@@ -74,7 +75,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
 
     def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
         """Insert ``row`` unless its id exists; return (stored row, created)."""
-        written = self.blobs.workflow_out(row)
+        written = self.codec.workflow_out(row)
 
         def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             cur = conn.execute(
@@ -94,8 +95,8 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
     def fork_workflow(self, row: WorkflowRow, steps: Sequence[StepRow]) -> tuple[WorkflowRow, bool]:
         """Create ``row`` with ``steps`` as its journal in one transaction (see the
         protocol)."""
-        written = self.blobs.workflow_out(row)
-        journal = [step_values(self.blobs.step_out(step)) for step in steps]
+        written = self.codec.workflow_out(row)  # sealed for the fork's own id
+        journal = [step_values(self.codec.step_out(step)) for step in steps]
 
         def fork(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
             with self._transaction(conn):
@@ -170,7 +171,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         """Record the final outcome and drop ownership, if ``lease`` is current; approvals it
         still has pending are closed (nobody can decide them any more)."""
         now = time.time()
-        output = self.blobs.offload(output)
+        output, error = self.codec.result_out(workflow_id, output, error)
 
         def finish(conn: sqlite3.Connection) -> int:
             with self._transaction(conn):
@@ -185,12 +186,16 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                         "workflow_id = ? AND status = 'PENDING'",
                         (now, workflow_id),
                     )
+                if _failpoints.ARMED:
+                    _failpoints.hit("store.finish", conn)
                 return int(count)
 
         if self._run(finish) != 1:
             raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
 
-    def reset_workflow(self, workflow_id: str, retry_failed_step: bool = False) -> bool:
+    def reset_workflow(
+        self, workflow_id: str, retry_failed_step: bool = False, version: str | None = None
+    ) -> bool:
         """Make a finished, unsuccessful workflow runnable again (see the protocol)."""
 
         def reset(conn: sqlite3.Connection) -> bool:
@@ -203,13 +208,16 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                 if found is None:
                     return False
                 if retry_failed_step:
-                    forget_failed_step(conn, "?", workflow_id, found[0])
+                    error = self.codec.unseal(found[0], workflow_id, "workflow.error")
+                    forget_failed_step(
+                        conn, "?", workflow_id, error, self.codec.step_error(workflow_id)
+                    )
                 count = conn.execute(
                     f"UPDATE workflows SET status = {RESET_STATUS}, owner = NULL, "
                     "output = NULL, error = NULL, stalls = 0, cancel_requested = 0, "
-                    "updated_at = ? WHERE id = ? "
+                    "updated_at = ?, version = COALESCE(?, version) WHERE id = ? "
                     "AND status IN ('ERROR', 'CANCELLED', 'DEAD_LETTER')",
-                    (time.time(), workflow_id),
+                    (time.time(), version, workflow_id),
                 ).rowcount
                 return bool(count == 1)
 
@@ -240,13 +248,19 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
         """Commit one journal entry, fenced on the lease, in one statement and one fsync."""
-        row = self.blobs.step_out(row)
+        row = self.codec.step_out(row)
         params = (
             row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
             row.error, row.started_at, row.finished_at, row.attempts, row.fingerprint,
             row.workflow_id, lease.owner, lease.epoch,
         )  # fmt: skip
-        if self._run(lambda c: c.execute(_APPEND_SQL, params).rowcount) != 1:
+
+        def append(conn: sqlite3.Connection) -> int:
+            if _failpoints.ARMED:
+                _failpoints.hit("store.append_step", conn)
+            return int(conn.execute(_APPEND_SQL, params).rowcount)
+
+        if self._run(append) != 1:
             raise OwnershipLost(
                 f"worker {lease.owner} cannot record step {row.key} of workflow "
                 f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
@@ -275,13 +289,16 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                         "rollback() in a @perdure.transaction step"
                     )
                 conn.execute(f"INSERT INTO steps ({STEP_COLUMNS}) VALUES ({STEP_MARKS})",
-                             step_values(self.blobs.step_out(row)))  # fmt: skip
+                             step_values(self.codec.step_out(row)))  # fmt: skip
+                if _failpoints.ARMED:
+                    _failpoints.hit("store.append_transaction", conn)
                 return row
 
         return self._run(transact)
 
     def append_attempt(self, row: AttemptRow, lease: Lease) -> None:
         """Record a failed attempt, fenced on the lease (one statement, one fsync)."""
+        row = self.codec.attempt_out(row)
         params = (
             row.workflow_id, row.key, row.attempt, row.name, row.error, row.started_at,
             row.failed_at, row.retry_at, row.workflow_id, lease.owner, lease.epoch,
@@ -306,7 +323,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                 (workflow_id,),
             ).fetchall()
         )
-        return attempt_rows(workflow_id, rows)
+        return self.codec.attempts_in(attempt_rows(workflow_id, rows))
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -341,7 +358,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
                     {**params, "room": room},
                 ).fetchall()
 
-        return [self._wf(r) for r in self._run(take)]
+        return self._claimed(self._run(take))
 
     # -- cancellation ----------------------------------------------------------------------
 
@@ -388,14 +405,18 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
     def heartbeat(self, worker: WorkerRow, lease_seconds: float) -> None:
         """Record that ``worker`` is alive for ``lease_seconds`` from now."""
         now = time.time()
-        self._run(
-            lambda c: c.execute(
+
+        def renew(conn: sqlite3.Connection) -> None:
+            if _failpoints.ARMED:
+                _failpoints.hit("lease.renew", conn)
+            conn.execute(
                 "INSERT INTO workers (id, host, pid, heartbeat_at, expires_at) VALUES (?,?,?,?,?) "
                 "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
                 "expires_at = excluded.expires_at",
                 (worker.id, worker.host, worker.pid, now, now + lease_seconds),
             )
-        )
+
+        self._run(renew)
 
     def list_workers(self) -> list[WorkerRow]:
         """Every worker row, live or not."""
@@ -440,9 +461,12 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
 
         def claim(conn: sqlite3.Connection) -> list[Any]:
             with self._transaction(conn):
-                return conn.execute(sql, params).fetchall()
+                rows = conn.execute(sql, params).fetchall()
+                if rows and _failpoints.ARMED:
+                    _failpoints.hit("recovery.claim", conn)
+                return rows
 
-        return [self._wf(r) for r in self._run(claim)]
+        return self._claimed(self._run(claim))
 
     def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
         """Count claimable workflows by name, whatever their name."""

@@ -1,0 +1,71 @@
+"""The chaos run's account of itself (``bench/chaos.py``): the machine, and which perdure code
+runs, the work tree or a snapshot of a commit (``--perdure-ref``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SNAPSHOT_DIR, SNAPSHOT_LABEL = "PERDURE_CHAOS_SNAPSHOT", "PERDURE_CHAOS_SOURCE"
+CHAOS = BENCH / "chaos.py"
+
+
+def memory() -> str:
+    """Total RAM from /proc/meminfo, in GiB."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            kib = int(info.readline().split()[1])
+        return f"{kib / 2**20:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        return "unknown"
+
+
+def perdure_source() -> str:
+    """Which perdure runs: a snapshot of a commit (``--perdure-ref``), or the work tree."""
+    return os.environ.get(SNAPSHOT_LABEL) or f"work tree, {git_revision()}"
+
+
+def rerun_on_snapshot(ref: str, argv: list[str]) -> None:
+    """Unpack ``src/perdure`` as of ``ref`` (``git archive``) and run this script again with
+    it first on the path, for the supervisor and (inherited) every worker. Does not return."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref, "src/perdure"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    folder = Path(tempfile.mkdtemp(prefix="perdure-chaos-src-"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True
+    ).stdout.strip()
+    env = {**os.environ, "PYTHONPATH": str(folder / "src"), SNAPSHOT_DIR: str(folder)}
+    env[SNAPSHOT_LABEL] = f"git {ref} = commit {commit} (snapshot in {folder})"
+    os.execve(sys.executable, [sys.executable, str(CHAOS), *argv], env)
+
+
+def git_revision() -> str:
+    """The repository's commit, marked when the work tree differs from it."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "no git"
+    return f"commit {rev}" + (", src/ modified" if dirty else "") if rev else "no git"

@@ -1,0 +1,240 @@
+"""Journal writes of a running workflow: building entries and committing them, fenced.
+
+:class:`JournalWriter` is the part of :class:`~perdure._context.WorkflowContext` that writes:
+it turns a step's outcome into a journal entry (with its position, gap-free, and its call
+fingerprint), and commits it through the store, fenced on the run's lease. Any failure of the
+write (a lost lease, a store error, an unexpected exception) becomes ``WorkflowInterrupted``:
+the run stops and the workflow resumes at that step; the workflow's code never sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from . import _failpoints, _serialize
+from ._clock import Clock
+from ._errors import PerdureError, SerializationError, StoreError, WorkflowInterrupted
+from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store
+
+log = logging.getLogger("perdure")
+
+
+class BodyFailed(Exception):
+    """Carries an exception raised by a ``@transaction`` body out of the store, so it is told
+    apart from a failure of the journal write itself (which stops the run)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class JournalWriter:
+    """Builds and commits a run's journal entries (a part of ``WorkflowContext``)."""
+
+    workflow_id: str
+    store: Store
+    lease: Lease
+    clock: Clock
+    max_entry_bytes: int
+    cancel_requested: bool
+    _io: Executor | None
+    _position: int
+    _positions: dict[str, int]
+    _stopping: Callable[[], bool]
+
+    def _where(self, key: str, name: str) -> str:
+        return f"step {name!r} (position {key} of workflow {self.workflow_id!r})"
+
+    # -- recording -------------------------------------------------------------------------
+
+    def success_row(
+        self,
+        key: str,
+        name: str,
+        value: Any,
+        started: float,
+        attempts: int = 1,
+        fingerprint: str | None = None,
+    ) -> StepRow:
+        """Build the journal entry for a step that returned ``value``.
+
+        Raises:
+            SerializationError: ``value`` cannot be journaled (names the step and the type).
+        """
+        try:
+            output = _serialize.dumps(value)
+        except _serialize.UnserializableValue as exc:
+            raise SerializationError(
+                f"{self._where(key, name)} returned a value perdure cannot journal: "
+                f"{exc.type_name} at {exc.path or 'the top level'}{exc.reason}. Return JSON "
+                "data, a dataclass, an Enum or a pydantic model; nothing was committed"
+            ) from None
+        if len(output) > self.max_entry_bytes:
+            raise SerializationError(
+                f"{self._where(key, name)} returned {len(output):,} bytes of journal JSON, over "
+                f"the {self.max_entry_bytes:,}-byte cap of one entry (Engine(max_entry_bytes=)): "
+                "store the payload elsewhere (a file, a bucket) and return a reference to it; "
+                "nothing was committed"
+            )
+        return self._row(key, name, StepStatus.SUCCESS, output, None, started, attempts,
+                         fingerprint)  # fmt: skip
+
+    def failure_row(
+        self,
+        key: str,
+        name: str,
+        exc: BaseException,
+        started: float,
+        attempts: int = 1,
+        fingerprint: str | None = None,
+    ) -> StepRow:
+        """Build the journal entry for a step that raised ``exc``."""
+        error = _serialize.dumps_error(exc)
+        return self._row(key, name, StepStatus.ERROR, None, error, started, attempts,
+                         fingerprint)  # fmt: skip
+
+    def _row(
+        self,
+        key: str,
+        name: str,
+        status: StepStatus,
+        out: str | None,
+        err: str | None,
+        started: float,
+        attempts: int,
+        fingerprint: str | None = None,
+    ) -> StepRow:
+        # A row built again for the same key (a transaction body retried by the store after
+        # a lost connection) keeps its position: journal positions stay gap-free.
+        position = self._positions.get(key)
+        if position is None:
+            position = self._positions[key] = self._position
+            self._position += 1
+        finished = self.clock.time()
+        return StepRow(self.workflow_id, position, key, name, status, out, err, started,
+                       finished, attempts, fingerprint)  # fmt: skip
+
+    def commit(self, row: StepRow) -> None:
+        """Write one journal entry durably.
+
+        Raises:
+            WorkflowInterrupted: the run must stop here and resume from the journal: this
+                run's lease is no longer current, or the store failed (the workflow is
+                released and resumes at this step). Store trouble never reaches user code.
+        """
+        try:
+            if _failpoints.ARMED:
+                _failpoints.hit("step.before_commit")
+            self.store.append_step(row, self.lease)
+            if _failpoints.ARMED:
+                _failpoints.hit("step.after_commit")
+        except OwnershipLost as exc:
+            raise WorkflowInterrupted(str(exc)) from None
+        except PerdureError as exc:
+            raise WorkflowInterrupted(
+                f"the journal write for {self._where(row.key, row.name)} failed ({exc}); the "
+                "workflow resumes at this step"
+            ) from exc
+        except Exception as exc:
+            raise self._write_failed(f"the journal write for {self._where(row.key, row.name)}",
+                                     exc) from exc  # fmt: skip
+
+    def transact(self, key: str, body: Callable[[Any], StepRow]) -> StepRow:
+        """Run ``body`` with a database connection inside the transaction that journals the
+        row it returns (a ``@transaction`` step); the row as committed (or as journaled
+        before, when an earlier commit's acknowledgement was lost). Fenced like
+        :meth:`commit`; exceptions from ``body`` roll back and propagate unchanged."""
+        try:
+            if _failpoints.ARMED:
+                _failpoints.hit("step.before_commit")
+            row = self.store.append_step_atomically(self.workflow_id, key, self.lease, body)
+            if _failpoints.ARMED:
+                _failpoints.hit("step.after_commit")
+            return row
+        except OwnershipLost as exc:
+            raise WorkflowInterrupted(str(exc)) from None
+        except StoreError as exc:
+            raise WorkflowInterrupted(
+                f"the transaction of step {key} of workflow {self.workflow_id!r} failed "
+                f"({exc}); the workflow resumes at this step"
+            ) from exc
+        except (BodyFailed, PerdureError):
+            raise  # the body's own failure, or a result that cannot be journaled: the step's
+        except Exception as exc:
+            where = f"the transaction of step {key} of workflow {self.workflow_id!r}"
+            raise self._write_failed(where, exc) from exc
+
+    def consume(self, topic: str, step: StepRow) -> str | None:
+        """Take the next message on ``topic`` and journal it as ``step`` (one transaction);
+        the payload, or None if none is waiting. Fenced like :meth:`commit`."""
+        try:
+            if _failpoints.ARMED:
+                _failpoints.hit("message.consume")
+            payload = self.store.consume_message(self.workflow_id, topic, step, self.lease)
+            if _failpoints.ARMED and payload is not None:
+                _failpoints.hit("step.after_commit")
+        except OwnershipLost as exc:
+            raise WorkflowInterrupted(str(exc)) from None
+        except PerdureError as exc:
+            raise WorkflowInterrupted(f"receiving a message failed ({exc})") from exc
+        except Exception as exc:
+            where = f"receiving a message on {topic!r} in workflow {self.workflow_id!r}"
+            raise self._write_failed(where, exc) from exc
+        return payload
+
+    def commit_attempt(self, row: AttemptRow) -> None:
+        """Journal a failed attempt that will be retried (fenced like :meth:`commit`)."""
+        try:
+            self.store.append_attempt(row, self.lease)
+        except OwnershipLost as exc:
+            raise WorkflowInterrupted(str(exc)) from None
+        except PerdureError as exc:
+            raise WorkflowInterrupted(f"journaling a failed attempt failed ({exc})") from exc
+        except Exception as exc:
+            where = f"journaling failed attempt {row.attempt} of {self._where(row.key, row.name)}"
+            raise self._write_failed(where, exc) from exc
+
+    def _write_failed(self, what: str, exc: Exception) -> WorkflowInterrupted:
+        """A journal write raised something other than a ``PerdureError`` (a bug, an
+        ``OSError`` from the blob files): it is the engine's failure, not the workflow's, so
+        like a store failure it stops the run, and the workflow resumes at this step. It is
+        logged with its traceback; the workflow's code never sees it."""
+        log.error("perdure: %s raised an unexpected error; the workflow resumes there", what,
+                  exc_info=exc)  # fmt: skip
+        return WorkflowInterrupted(f"{what} failed ({exc!r}); the workflow resumes there")
+
+    async def commit_attempt_async(self, row: AttemptRow) -> None:
+        """:meth:`commit_attempt` from async code (on the I/O executor when there is one)."""
+        if self._io is None:
+            self.commit_attempt(row)
+        else:
+            await self._hop(self.commit_attempt, row)
+
+    async def commit_async(self, row: StepRow) -> None:
+        """:meth:`commit` from async code: on the I/O executor, so the event loop never waits
+        on an fsync; inline when no executor was given (commits that do not fsync are
+        cheaper than the thread hop)."""
+        if self._io is None:
+            self.commit(row)
+        else:
+            await self._hop(self.commit, row)
+
+    async def _hop(self, write: Callable[[Any], None], row: Any) -> None:
+        """Run a journal write on the I/O executor. A cancellation of the workflow arriving
+        meanwhile waits for the write to land, so that the cancellation takes effect at the
+        next step boundary, the same point a replay reaches (the engine stopping does not
+        wait: the run resumes from whatever the journal holds)."""
+        write_done = asyncio.get_running_loop().run_in_executor(self._io, write, row)
+        try:
+            await asyncio.shield(write_done)
+        except asyncio.CancelledError:
+            if not self.cancel_requested or self._stopping():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await write_done
