@@ -266,9 +266,14 @@ def test_ciphertexts_swapped_between_rows_fail_naming_the_row(db_url: str) -> No
 
         # workflow inputs, events and a field moved to another field fail the same way
         [(inputs_b,)] = _raw(engine, "SELECT inputs FROM workflows WHERE id = 'wb'")
-        [(event_b,)] = _raw(engine, "SELECT value FROM events WHERE workflow_id = 'wb'")
+        # (key 'tag': a run may also hold perdure's own events, a trace context say)
+        [(event_b,)] = _raw(
+            engine, "SELECT value FROM events WHERE workflow_id = 'wb' AND key = 'tag'"
+        )
         [(output_b,)] = _raw(engine, "SELECT output FROM workflows WHERE id = 'wb'")
-        _write(engine, "UPDATE events SET value = ? WHERE workflow_id = 'wa'", event_b)
+        _write(
+            engine, "UPDATE events SET value = ? WHERE workflow_id = 'wa' AND key = 'tag'", event_b
+        )
         with pytest.raises(perdure.CorruptRecordError, match="event 'tag' of workflow 'wa'"):
             engine.get_event("wa", "tag")
         _write(engine, "UPDATE workflows SET inputs = ? WHERE id = 'wa'", inputs_b)
