@@ -311,7 +311,7 @@ class WorkflowContext(JournalWriter):
         branch = _branch.get() or self.root
         replaying = self.journal_complete or f"{branch.prefix}{branch.seq}" in self._journal
         if replaying and deprecated:
-            self._broken = PatchRemovedError(self.workflow_id, branch.prefix, change_id)
+            self._broken = PatchRemovedError(self.workflow_id, key, change_id)
             raise self._broken
         if not replaying:
             started = self.clock.time()

@@ -478,10 +478,13 @@ class Engine(Recovery, EngineOperations):
             WorkflowNotFound, ConfigurationError (``from_step`` out of range),
             SerializationError (``replace_output``), WorkflowConflictError (``new_id`` taken).
         """
-        original = self.get_workflow(workflow_id)
+        original = self.store.get_workflow(workflow_id)  # the row: no inputs to decode
+        if original is None:
+            raise WorkflowNotFound(workflow_id)
         spec = registered(original.name)
         row, created = fork(
             self.store, workflow_id, from_step, new_id=new_id, replace_output=replace_output,
+            original=original,
             owner=self.worker.id if spec is not None else None,
             version=self.versions.of(spec) if spec is not None else original.version,
             deadline_at=None if spec is None or spec.deadline is None

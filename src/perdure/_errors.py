@@ -104,13 +104,12 @@ class PatchRemovedError(NonDeterminismError):
         change_id: the change.
     """
 
-    def __init__(self, workflow_id: str, branch: str, change_id: str) -> None:
+    def __init__(self, workflow_id: str, key: str, change_id: str) -> None:
         self.workflow_id = workflow_id
-        self.position = f"{branch}patch:{change_id}"
+        self.position = key  # the change marker's journal key
         self.recorded = None
         self.current = f"perdure.deprecate_patch({change_id!r})"
         self.change_id = change_id
-        self._branch = branch
         PerdureError.__init__(
             self,
             f"workflow {workflow_id!r} started before change {change_id!r} and replays down "
@@ -121,7 +120,7 @@ class PatchRemovedError(NonDeterminismError):
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.workflow_id, self._branch, self.change_id))
+        return (type(self), (self.workflow_id, self.position, self.change_id))
 
 
 class CallChangedError(NonDeterminismError):

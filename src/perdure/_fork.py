@@ -15,6 +15,7 @@ import uuid
 from typing import Any, Final
 
 from . import _serialize
+from ._context import PATCH_PREFIX
 from ._errors import (
     ConfigurationError,
     SerializationError,
@@ -44,6 +45,7 @@ def fork(
     owner: str | None = None,
     version: str | None = None,
     deadline_at: float | None = None,
+    original: WorkflowRow | None = None,
 ) -> tuple[WorkflowRow, bool]:
     """Create the fork of ``workflow_id`` at journal position ``from_step``.
 
@@ -59,6 +61,7 @@ def fork(
             that has the workflow's code and version).
         version: the code version the fork records (None: any worker may run it).
         deadline_at: the fork's deadline, by the engine's clock, or None.
+        original: ``workflow_id``'s row, when the caller has read it already.
 
     Returns:
         (the fork's row, created): not created when a fork with this id and this origin
@@ -71,7 +74,7 @@ def fork(
         SerializationError: ``replace_output`` cannot be journaled.
         WorkflowConflictError: ``new_id`` names another workflow.
     """
-    original = store.get_workflow(workflow_id)
+    original = original or store.get_workflow(workflow_id)
     if original is None:
         raise WorkflowNotFound(workflow_id)
     journal = store.load_steps(workflow_id)
@@ -133,7 +136,7 @@ def _replaced(entry: StepRow, fork_id: str, value: Any) -> StepRow:
             f"cannot be journaled: {exc.type_name} at {exc.path or 'the top level'}"
             f"{exc.reason}; nothing was written"
         ) from None
-    if entry.key.startswith("patch:"):
+    if entry.key.startswith(PATCH_PREFIX):
         raise ConfigurationError(
             f"position {entry.position} is a change marker (perdure.patched), not a step "
             "result: fork at it without replace_output, or replace another entry"
