@@ -478,7 +478,8 @@ class Engine(Recovery, EngineOperations):
             WorkflowNotFound, ConfigurationError (``from_step`` out of range),
             SerializationError (``replace_output``), WorkflowConflictError (``new_id`` taken).
         """
-        original = self.store.get_workflow(workflow_id)  # the row: no inputs to decode
+        # the row (no inputs to decode); an invalid id is a ConfigurationError, as everywhere
+        original = self.store.get_workflow(validate_workflow_id(workflow_id))
         if original is None:
             raise WorkflowNotFound(workflow_id)
         spec = registered(original.name)
