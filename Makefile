@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test browser test-sqlite test-postgres lint bench bench-postgres chaos clean
+.PHONY: demo test browser test-sqlite test-postgres lint bench bench-steps bench-postgres chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "perdure needs Python >= 3.11"'
@@ -42,7 +42,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
 
+# perdure side by side with DBOS Transact, LangGraph and the raw floors, on SQLite and
+# PostgreSQL (SQLite only, loudly, if PostgreSQL is down); installs the pinned peers of
+# bench/peers-requirements.txt into bench/.peers/.venv. BENCH_ARGS=--quick: a smoke run.
 bench: $(STAMP)
+	$(PY) bench/compare.py $(BENCH_ARGS)
+
+# perdure's own per-step overhead next to a plain call and a raw durable SQLite insert.
+bench-steps: $(STAMP)
 	$(PY) bench/step_overhead.py
 
 # perdure against DBOS Transact on PostgreSQL, 1/2/4 workers (installs dbos into bench/.peers);

@@ -110,3 +110,82 @@ def serve(args: argparse.Namespace, run: Callable[[int], int], note: str = "") -
         cpu1, wall1 = time.process_time(), time.perf_counter()
         emit({"wall": wall1 - wall0, "cpu": cpu1 - cpu0, **done})
         sys.stdin.readline()  # stay connected until the orchestrator has read the server
+
+
+# -- shared by bench/compare.py and its `_sys_*.py` children (appended) ----------------------
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (VmRSS from /proc/self/status; 0.0 elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` (0..1) percentile of ``values``, nearest rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def database_url(server_url: str, name: str) -> str:
+    """``server_url`` (``postgresql://user@host:port``, with or without a database) with its
+    database replaced by ``name``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def recreate_pg_database(server_url: str, name: str) -> str:
+    """Drop (terminating its sessions) and recreate the PostgreSQL database ``name`` on the
+    server of ``server_url``; return its URL. Imports psycopg (both bench venvs have it)."""
+    import psycopg
+
+    with psycopg.connect(database_url(server_url, "postgres"), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return database_url(server_url, name)
+
+
+def child_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The command line every ``bench/_sys_*.py`` accepts (see /bench/compare.py): a
+    scenario, then the common options and every scenario's sizes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("scenario", choices=["steps", "throughput", "recovery", "waiting", "agent"])
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--dir", type=Path, default=Path.cwd(), help="folder for SQLite files")
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--workflows", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--sample", type=int, default=100)
+    parser.add_argument("--turns", type=int, default=50)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--llm-url", default="")
+    return parser
+
+
+def run_child(args: argparse.Namespace, module: dict[str, Any]) -> int:
+    """A ``bench/_sys_*.py`` child's main: its recovery role (``--role start|resume``), else
+    the scenario asked for, whose result it reports (see :func:`emit`). ``module`` is the
+    child's ``globals()``: it holds ``recovery_start``, ``recovery_resume`` and
+    ``scenario_<name>`` for each scenario it runs."""
+    if args.role in ("start", "resume"):
+        module[f"recovery_{args.role}"](args)
+    else:
+        emit(module[f"scenario_{args.scenario}"](args))
+    return 0

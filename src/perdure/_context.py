@@ -40,7 +40,7 @@ from ._errors import (
     WorkflowInterrupted,
     WorkflowSuspended,
 )
-from ._journal import JournalWriter
+from ._journal import JournalWriter, LoopCommits
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from .store import AttemptRow, Lease, StepRow, StepStatus, Store, WorkflowStatus
 
@@ -86,6 +86,10 @@ class Branch:
         return branch
 
 
+#: types whose journal JSON decodes to an equal value of the same type (see ``first_value``)
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 class WorkflowContext(JournalWriter):
     """The state of one run of one workflow in this process.
 
@@ -97,6 +101,7 @@ class WorkflowContext(JournalWriter):
         lease: this run's lease, the fencing token for every write.
         stopping: tells whether the engine is shutting down (no new step may start).
         io: executor for store writes made from async code (None: write inline).
+        commits: the batcher of the loop the run's async code runs on (group commit), if any.
         clock: the engine's clock (backoff waits, retry times, deadlines).
         default_retry: the policy of steps that name none.
         attempts: failed attempts recorded so far (of steps being retried).
@@ -114,6 +119,7 @@ class WorkflowContext(JournalWriter):
         stopping: Callable[[], bool],
         io: Executor | None = None,
         *,
+        commits: LoopCommits | None = None,
         clock: Clock | None = None,
         default_retry: RetryPolicy = DEFAULT_RETRY,
         attempts: list[AttemptRow] | None = None,
@@ -146,6 +152,7 @@ class WorkflowContext(JournalWriter):
         self._used: set[str] = set()
         self._stopping = stopping
         self._io = io
+        self._commits = commits
         self._position = max((row.position for row in journal), default=-1) + 1
         self._positions: dict[str, int] = {}  # key -> the position its entry was given
         #: latched: a non-determinism, or a recorded entry that cannot be read back
@@ -222,6 +229,15 @@ class WorkflowContext(JournalWriter):
                 self.workflow_id, row.name, row.key, "; ".join(changes), row.position,
                 extra={"perdure_call_change": error},
             )  # fmt: skip
+
+    def first_value(self, value: Any, row: StepRow, hint: Any) -> Any:
+        """What a step that just returned ``value`` (journaled as ``row``) gives its caller:
+        the value as a replay will rebuild it. A string, an int, a bool or None comes back
+        from the journal as itself, so it is returned as it is; anything else is decoded
+        from ``row``."""
+        if type(value) in _SCALARS:
+            return value
+        return self.decode(row, hint)
 
     def decode(self, row: StepRow, hint: Any) -> Any:
         """A recorded step's value, rebuilt (the first run returns this too, not the original

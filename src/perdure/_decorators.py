@@ -53,6 +53,17 @@ class WorkflowSpec:
     deadline: float | None = None
     _hints: dict[str, Any] | None = field(default=None, repr=False)
     _signature: inspect.Signature | None = field(default=None, repr=False)
+    _plain: bool | None = field(default=None, repr=False)
+
+    def plain_parameters(self) -> bool:
+        """Whether every parameter is an ordinary one (by position or by keyword: no
+        ``*args``, ``**kwargs``, positional-only or keyword-only), computed once."""
+        if self._plain is None:
+            signature = self.signature()
+            self._plain = signature is not None and all(
+                p.kind is p.POSITIONAL_OR_KEYWORD for p in signature.parameters.values()
+            )
+        return self._plain
 
     def signature(self) -> inspect.Signature | None:
         """The function's signature (None for callables that have none)."""

@@ -159,9 +159,11 @@ class Engine(Recovery, EngineOperations):
             suspend_after=suspend_after, max_entry_bytes=max_entry_bytes,
         )  # fmt: skip
         self._runner.on_suspend = self._wake.set
-        self._runner.on_queue_slot = self._wake.set
+        self._runner.on_slot = self._slot_freed
         self._max_threads = max_threads
-        self._backlog = False  # the last recovery sweep took all it could: sweep again soon
+        self._backlog = False  # the last recovery sweep took all it could: take more soon
+        self._dead: list[str] = []  # the dead workers the last sweep found (their backlog)
+        self._claiming = threading.Lock()  # one claim of the backlog at a time
         self._store: Store | None = None
         self._maintenance: threading.Thread | None = None
         self._reported: dict[str, float] = {}

@@ -9,7 +9,9 @@ for runs elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _serialize
@@ -26,6 +28,7 @@ from .store import WorkflowRow, WorkflowStatus
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._runs import Run
 
 R = TypeVar("R")
 
@@ -81,6 +84,9 @@ class WorkflowHandle(Generic[R]):
             run = self._engine._local_run(self._id)
             if run is not None:
                 run.done.wait(_remaining(deadline))
+                local, value = _local_outcome(run)
+                if local:
+                    return value  # type: ignore[no-any-return]
             row = self._row()
             if row.status.finished:
                 return outcome(row)  # type: ignore[no-any-return]
@@ -130,6 +136,11 @@ class AsyncWorkflowHandle(Generic[R]):
         delay = _FIRST_POLL
         while True:
             run = self._engine._local_run(self.id)
+            if run is not None and run.future is not None and not run.done.is_set():
+                await _run_ended(run.future, _remaining(deadline))  # an async run: no polling
+            local, value = _local_outcome(run)
+            if local:
+                return value  # type: ignore[no-any-return]
             if run is None or run.done.is_set():
                 row = await asyncio.to_thread(self._sync._row)
                 if row.status.finished:
@@ -143,22 +154,45 @@ class AsyncWorkflowHandle(Generic[R]):
 
 def outcome(row: WorkflowRow) -> Any:
     """The result of a finished workflow, or raise its exception."""
-    spec = registered(row.name)
-    if row.status is WorkflowStatus.SUCCESS:
+    return _outcome(row.id, row.name, row.status, row.output, row.error)
+
+
+async def _run_ended(future: Future[Any], timeout: float | None) -> None:
+    """Wait up to ``timeout`` seconds for a local async run to end (its task's future).
+    Shielded: a caller giving up on the result does not cancel the workflow."""
+    # the caller's deadline, or a run that ended badly: the store says the rest
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+
+
+def _local_outcome(run: Run | None) -> tuple[bool, Any]:
+    """(True, the outcome) of a run that finished in this engine and stored its outcome (what
+    reading its row back would give, without the read); (False, None) otherwise."""
+    if run is None or run.finished is None or not run.done.is_set():
+        return False, None
+    name, (status, output, error) = run.finished
+    return True, _outcome(run.workflow_id, name, status, output, error)
+
+
+def _outcome(
+    workflow_id: str, name: str, status: WorkflowStatus, output: str | None, error: str | None
+) -> Any:
+    spec = registered(name)
+    if status is WorkflowStatus.SUCCESS:
         hint = spec.hints().get("return") if spec is not None else None
         try:
-            if row.output is None:
+            if output is None:
                 raise SerializationError("the row records a success but no result")
-            return _serialize.loads(row.output, hint)
+            return _serialize.loads(output, hint)
         except SerializationError as unreadable:
             raise SerializationError(
-                f"the result of workflow {row.id!r} cannot be read: {unreadable}"
+                f"the result of workflow {workflow_id!r} cannot be read: {unreadable}"
             ) from unreadable
-    if row.status is WorkflowStatus.CANCELLED and row.error is None:  # cancelled in its queue
-        raise WorkflowCancelledError(f"workflow {row.id!r} was cancelled before it started")
-    exc = _serialize.loads_error(row.error or "{}")
+    if status is WorkflowStatus.CANCELLED and error is None:  # cancelled in its queue
+        raise WorkflowCancelledError(f"workflow {workflow_id!r} was cancelled before it started")
+    exc = _serialize.loads_error(error or "{}")
     if exc is None:
-        raise WorkflowFailedError(row.id, *_serialize.error_summary(row.error or "{}"))
+        raise WorkflowFailedError(workflow_id, *_serialize.error_summary(error or "{}"))
     raise exc
 
 

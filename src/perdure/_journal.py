@@ -19,6 +19,7 @@ from . import _failpoints, _serialize
 from ._clock import Clock
 from ._errors import PerdureError, SerializationError, StoreError, WorkflowInterrupted
 from .store import AttemptRow, Lease, OwnershipLost, StepRow, StepStatus, Store
+from .store._group import Outcome
 
 log = logging.getLogger("perdure")
 
@@ -42,6 +43,7 @@ class JournalWriter:
     max_entry_bytes: int
     cancel_requested: bool
     _io: Executor | None
+    _commits: LoopCommits | None
     _position: int
     _positions: dict[str, int]
     _stopping: Callable[[], bool]
@@ -132,16 +134,17 @@ class JournalWriter:
             self.store.append_step(row, self.lease)
             if _failpoints.ARMED:
                 _failpoints.hit("step.after_commit")
-        except OwnershipLost as exc:
-            raise WorkflowInterrupted(str(exc)) from None
-        except PerdureError as exc:
-            raise WorkflowInterrupted(
-                f"the journal write for {self._where(row.key, row.name)} failed ({exc}); the "
-                "workflow resumes at this step"
-            ) from exc
         except Exception as exc:
-            raise self._write_failed(f"the journal write for {self._where(row.key, row.name)}",
-                                     exc) from exc  # fmt: skip
+            raise self._commit_failed(row, exc) from exc
+
+    def _commit_failed(self, row: StepRow, exc: BaseException) -> WorkflowInterrupted:
+        """What a failed journal write of ``row`` becomes: the run stops there."""
+        if isinstance(exc, OwnershipLost):
+            return WorkflowInterrupted(str(exc))
+        where = f"the journal write for {self._where(row.key, row.name)}"
+        if isinstance(exc, PerdureError):
+            return WorkflowInterrupted(f"{where} failed ({exc}); the workflow resumes at this step")
+        return self._write_failed(where, exc)
 
     def transact(self, key: str, body: Callable[[Any], StepRow]) -> StepRow:
         """Run ``body`` with a database connection inside the transaction that journals the
@@ -198,7 +201,7 @@ class JournalWriter:
             where = f"journaling failed attempt {row.attempt} of {self._where(row.key, row.name)}"
             raise self._write_failed(where, exc) from exc
 
-    def _write_failed(self, what: str, exc: Exception) -> WorkflowInterrupted:
+    def _write_failed(self, what: str, exc: BaseException) -> WorkflowInterrupted:
         """A journal write raised something other than a ``PerdureError`` (a bug, an
         ``OSError`` from the blob files): it is the engine's failure, not the workflow's, so
         like a store failure it stops the run, and the workflow resumes at this step. It is
@@ -215,13 +218,40 @@ class JournalWriter:
             await self._hop(self.commit_attempt, row)
 
     async def commit_async(self, row: StepRow) -> None:
-        """:meth:`commit` from async code: on the I/O executor, so the event loop never waits
-        on an fsync; inline when no executor was given (commits that do not fsync are
-        cheaper than the thread hop)."""
-        if self._io is None:
-            self.commit(row)
-        else:
-            await self._hop(self.commit, row)
+        """:meth:`commit` from async code. On the loop the run was given a
+        :class:`LoopCommits` for, while other workflows run there too, the entry joins the
+        others written in the same pass of the loop (one transaction for all); otherwise it
+        is written inline, or on the I/O executor when there is one."""
+        commits = self._commits
+        if commits is None or commits.alone() or not commits.owns_running_loop():
+            if self._io is None:
+                self.commit(row)
+            else:
+                await self._hop(self.commit, row)
+            return
+        try:
+            if _failpoints.ARMED:
+                _failpoints.hit("step.before_commit")
+            outcome = await self._landing(commits.submit(row, self.lease))
+            if outcome is not None:
+                raise outcome
+            if _failpoints.ARMED:
+                _failpoints.hit("step.after_commit")
+        except Exception as exc:
+            raise self._commit_failed(row, exc) from exc
+
+    async def _landing(self, written: asyncio.Future[Outcome]) -> Outcome:
+        """Wait for a journal write handed to :class:`LoopCommits`; a cancellation of the
+        workflow waits for it to land (as in :meth:`_hop`)."""
+        try:
+            return await asyncio.shield(written)
+        except asyncio.CancelledError:
+            if not self.cancel_requested or self._stopping():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return await written
 
     async def _hop(self, write: Callable[[Any], None], row: Any) -> None:
         """Run a journal write on the I/O executor. A cancellation of the workflow arriving
@@ -238,3 +268,102 @@ class JournalWriter:
             if task is not None:
                 task.uncancel()
             await write_done
+
+
+class LoopCommits:
+    """The journal entries async workflows write during one pass of an event loop, committed
+    together.
+
+    Each entry's writer gets a future and waits on it; the first entry of a pass schedules a
+    flush at the end of that pass (``call_soon``), which hands every entry gathered by then to
+    ``store.append_steps`` as one batch: fifty workflows stepping at once share one
+    transaction and one fsync, and a lone workflow waits one extra pass of the loop (a few
+    microseconds, no thread). The flush runs inline on the loop (the engine's own loop, or
+    any loop when commits do not fsync), or on ``io`` (an application's loop under
+    ``AsyncEngine``, which must not block on an fsync): then one batch is in flight at a time
+    and the entries arriving meanwhile ride the next. Each future's result is the entry's
+    outcome (None, or why it was not written); nobody is released before its batch is
+    durable.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        io: Executor | None,
+        loop: asyncio.AbstractEventLoop,
+        in_flight: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._in_flight_runs = in_flight
+        self._io = io
+        self._loop = loop
+        self._pending: list[tuple[StepRow, Lease, asyncio.Future[Outcome]]] = []
+        self._scheduled = False  # a flush is queued on the loop
+        self._in_flight = False  # a batch is being written on ``io``
+
+    def alone(self) -> bool:
+        """Whether a single run is in flight in the engine: nothing to group its entries
+        with, so they skip the extra pass of the loop (written as without a batcher)."""
+        return self._in_flight_runs() < 2
+
+    def owns_running_loop(self) -> bool:
+        """Whether the calling coroutine runs on this batcher's loop."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def submit(self, row: StepRow, lease: Lease) -> asyncio.Future[Outcome]:
+        """Queue ``row`` (from this batcher's loop); the future of its outcome."""
+        written: asyncio.Future[Outcome] = self._loop.create_future()
+        self._pending.append((row, lease, written))
+        if not self._scheduled and not self._in_flight:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+        return written
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        entries = [(row, lease) for row, lease, _ in batch]
+        if self._io is None:
+            try:
+                outcomes = self._store.append_steps(entries)
+            except Exception as exc:
+                outcomes = [exc] * len(batch)
+            _resolve(batch, outcomes)
+            return
+        self._in_flight = True
+        try:
+            writing = self._loop.run_in_executor(self._io, self._store.append_steps, entries)
+        except RuntimeError as exc:  # the executor is shut down: the engine is stopping
+            self._in_flight = False
+            _resolve(batch, [exc] * len(batch))
+            return
+        writing.add_done_callback(lambda done: self._landed(batch, done))
+
+    def _landed(
+        self,
+        batch: list[tuple[StepRow, Lease, asyncio.Future[Outcome]]],
+        done: asyncio.Future[list[Outcome]],
+    ) -> None:
+        self._in_flight = False
+        if done.cancelled():
+            _resolve(batch, [asyncio.CancelledError()] * len(batch))
+        elif (exc := done.exception()) is not None:
+            _resolve(batch, [exc] * len(batch))
+        else:
+            _resolve(batch, done.result())
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+
+def _resolve(
+    batch: list[tuple[StepRow, Lease, asyncio.Future[Outcome]]], outcomes: list[Outcome]
+) -> None:
+    for (_, _, written), outcome in zip(batch, outcomes, strict=True):
+        if not written.done():
+            written.set_result(outcome)

@@ -221,13 +221,15 @@ def bind_inputs(
     signature = spec.signature()
     if signature is None:
         return args, dict(sorted(kwargs.items()))
+    params = signature.parameters
+    if not kwargs and len(args) == len(params) and spec.plain_parameters():
+        return (), dict(sorted(zip(params, args, strict=True)))  # what bind() below gives
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise ConfigurationError(
             f"workflow {spec.name!r} cannot take these arguments: {exc}"
         ) from None
-    params = signature.parameters
     if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
         return tuple(bound.args), dict(sorted(bound.kwargs.items()))
     # Named parameters go by name (readable, order-free); positional-only ones by position.

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from . import _context, _failpoints, _runner, _tracing
 from ._clock import Clock
@@ -32,11 +32,14 @@ from ._errors import (
     WorkflowInterrupted,
     WorkflowSuspended,
 )
+from ._journal import LoopCommits
 from ._retry import RetryPolicy
 from ._serialize import dumps_error
 from ._threads import DaemonPool
 from ._usage import REPLAY_EVENT, note_replay
 from .store import Lease, Store, WorkflowRow, WorkflowStatus
+
+T = TypeVar("T")
 
 log = logging.getLogger("perdure")
 
@@ -55,6 +58,9 @@ class Run:
     queue: str | None = None  # the queue it was taken from: its end frees a slot
     caller: Any = None  # the OpenTelemetry context of whoever started it (first run only)
     trace: _tracing.RunSpan | None = None  # this run's span, when tracing is on
+    #: (workflow name, outcome) once the outcome is stored: a local caller waiting for the
+    #: result decodes it from here instead of reading the row back
+    finished: tuple[str, Outcome] | None = None
 
 
 class Runner:
@@ -97,11 +103,13 @@ class Runner:
         self._io = DaemonPool(1, "perdure-io")
         self._loop = loop
         self._loop_thread: threading.Thread | None = None
+        #: the loop's group commit of async workflows' journal entries (set by ``start``)
+        self._commits: LoopCommits | None = None
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
         self.on_suspend: Callable[[], None] | None = None
-        #: called when a run taken from a queue ends (a slot may be free)
-        self.on_queue_slot: Callable[[], None] | None = None
+        #: called when a run ends (a slot is free), with whether it was taken from a queue
+        self.on_slot: Callable[[bool], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,6 +117,9 @@ class Runner:
         """Start running against ``store`` (and start a loop thread if there is no loop)."""
         self.store = store
         if self._loop is not None:
+            # an application's loop (AsyncEngine): durable commits go to the I/O thread
+            io = self._io if self._durability == "full" else None
+            self._commits = LoopCommits(store, io, self._loop, self.running)
             return
         loop = asyncio.new_event_loop()
         loop.set_task_factory(_context.task_factory())
@@ -123,6 +134,7 @@ class Runner:
         self._loop_thread.start()
         ready.wait()
         self._loop = loop
+        self._commits = LoopCommits(store, None, loop, self.running)
 
     def drain(self, grace: float) -> None:
         """Give in-flight runs ``grace`` seconds, then cancel async ones; abandon the rest."""
@@ -226,14 +238,16 @@ class Runner:
         if journal:
             self._note_replay(row.id, journal)
         attempts = [] if run.fresh else self.store.load_attempts(row.id)
-        # Async steps commit inline on the runner's own loop (it runs only workflows, whose
-        # commits serialize on the store anyway), and inline without fsync (durability
-        # "normal"): both cost less than a hop to an I/O thread. On a caller's loop
-        # (AsyncEngine) a durable commit hops, so the application's loop never waits on fsync.
+        # Async steps' journal entries are committed together per pass of the loop
+        # (``LoopCommits``): inline on the runner's own loop (it runs only workflows) and
+        # without fsync (durability "normal"), which cost less than a hop to an I/O thread; on
+        # a caller's loop (AsyncEngine) a durable batch hops, so the application's loop never
+        # waits on an fsync. Attempts and other rare writes keep the ``io`` path.
         hop = self._durability == "full" and self._loop_thread is None
         ctx = WorkflowContext(
             row.id, row.name, journal, self.store, lease, self._closing.is_set,
-            self._io if hop else None, clock=self._clock, default_retry=self._retry,
+            self._io if hop else None, commits=self._commits, clock=self._clock,
+            default_retry=self._retry,
             attempts=attempts, deadline_at=row.deadline_at,
             cancel_requested=row.cancel_requested, suspend_after=self._suspend_after,
             max_entry_bytes=self._max_entry_bytes,
@@ -268,6 +282,7 @@ class Runner:
             ctx = self._context(row, lease, run)
             outcome = _tracing.traced(run.trace, _runner.run_sync, ctx, spec, args, kwargs)
             self.finish(row.id, lease, outcome)
+            run.finished = (row.name, outcome)
             finished = True
         except WorkflowSuspended as wait:
             finished = self._suspend(row.id, lease, wait)
@@ -292,22 +307,22 @@ class Runner:
         kwargs: dict[str, Any],
         run: Run,
     ) -> None:
-        loop = asyncio.get_running_loop()
         finished = crashed = False
         try:
-            ctx = await loop.run_in_executor(self._io, self._context, row, lease, run)
+            ctx = await self._off_loop(self._context, row, lease, run)
             try:
                 body = _runner.run_async(ctx, spec, args, kwargs, self._closing.is_set)
                 outcome = await _tracing.traced_async(run.trace, body)
             except WorkflowSuspended as wait:
-                finished = await loop.run_in_executor(self._io, self._suspend, row.id, lease, wait)
+                finished = await self._off_loop(self._suspend, row.id, lease, wait)
                 return
-            await loop.run_in_executor(self._io, self.finish, row.id, lease, outcome)
+            await self._off_loop(self.finish, row.id, lease, outcome)
+            run.finished = (row.name, outcome)
             finished = True
         except (WorkflowInterrupted, asyncio.CancelledError):
             pass
         except CorruptRecordError as exc:
-            finished = await loop.run_in_executor(self._io, self._unreadable, row.id, lease, exc)
+            finished = await self._off_loop(self._unreadable, row.id, lease, exc)
         except MissingKeyError as exc:  # this process lacks a key: given back, unstalled
             log.error("perdure: workflow %r cannot be run here: %s", row.id, exc)
         except BaseException:
@@ -315,6 +330,15 @@ class Runner:
             self._log_crash(row.id)
         finally:
             self._end(run, lease, finished, crashed)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store call of an async run (load its journal, store its outcome): inline on the
+        runner's own loop, which runs nothing but workflows (their journal entries are
+        written inline there too), and on the I/O thread on an application's loop
+        (AsyncEngine), which must not wait on the database."""
+        if self._loop_thread is not None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def finish(self, workflow_id: str, lease: Lease, outcome: Outcome) -> None:
         """Store a run's outcome, fenced on its lease.
@@ -373,8 +397,8 @@ class Runner:
         if not finished and not self._closing.is_set():
             self._give_back(run.workflow_id, lease, crashed)
         self._forget(run)
-        if run.queue is not None and self.on_queue_slot is not None:
-            self.on_queue_slot()
+        if self.on_slot is not None:
+            self.on_slot(run.queue is not None)
 
     def _forget(self, run: Run) -> None:
         with self._lock:

@@ -42,6 +42,8 @@ from ._errors import SerializationError
 MAX_DEPTH = 200
 
 _KNOWN_CLASSES: dict[str, type] = {}
+#: annotations already walked by ``remember_hint``
+_HINTS_SEEN: set[Any] = set()
 
 # One encoder, built once: json.dumps with non-default arguments builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -315,15 +317,25 @@ def _is_rebuildable_class(cls: type) -> bool:
 
 def remember_hint(hint: Any) -> None:
     """Make the classes a type annotation names resolvable (``list[Model] | None`` etc.)."""
+    try:
+        if hint in _HINTS_SEEN:  # a step's hint is the same at every call
+            return
+        _HINTS_SEEN.add(hint)
+    except TypeError:  # an unhashable annotation: walked every time
+        pass
+    _remember_hint(hint)
+
+
+def _remember_hint(hint: Any) -> None:
     if isinstance(hint, type):
         if _is_rebuildable_class(hint):
             _remember(hint)
         return
     for arg in typing.get_args(hint):
-        remember_hint(arg)
+        _remember_hint(arg)
     origin = typing.get_origin(hint)
     if isinstance(origin, type) and origin is not types.UnionType:
-        remember_hint(origin)
+        _remember_hint(origin)
 
 
 # -- exceptions ----------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
             )
             ctx.commit(row)
             attempt.succeeded(row.output)
-            return ctx.decode(row, spec.return_hint())
+            return ctx.first_value(value, row, spec.return_hint())
 
 
 def _run_transaction(
@@ -274,7 +274,7 @@ async def _run_step_async(
             )
             await ctx.commit_async(row)
             attempt.succeeded(row.output)
-            return ctx.decode(row, spec.return_hint())
+            return ctx.first_value(value, row, spec.return_hint())
 
 
 def _cancelled_here(ctx: WorkflowContext) -> NoReturn:

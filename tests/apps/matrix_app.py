@@ -152,9 +152,23 @@ def main() -> int:
         if ARGS.mode == "run":
             for wf, plan in plans.items():
                 flow = matrix_flow_async if wf.endswith("-async") else matrix_flow
-                engine.start(flow, plan, id=wf)
+                _start(engine, flow, plan, wf)
                 _say({"started": wf})
         return _wait_all(engine, plans)
+
+
+def _start(engine: perdure.Engine, flow: Any, plan: list[str], wf: str) -> None:
+    """Start ``wf``, retried while the database is unavailable, as an application would: a
+    start with an id is idempotent. (A fault injected into a journal write can fail the
+    group commit this start shares with it: every entry of a failed commit fails.)"""
+    for attempt in range(50):
+        try:
+            engine.start(flow, plan, id=wf)
+            return
+        except perdure.StoreUnavailableError:
+            if attempt == 49:
+                raise
+            time.sleep(0.05)
 
 
 def _wait_all(engine: perdure.Engine, plans: dict[str, list[str]]) -> int:

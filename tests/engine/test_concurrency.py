@@ -130,3 +130,34 @@ def test_async_engine_front_end(db_url: str) -> None:
             return result, status, again
 
     assert asyncio.run(main()) == (1, perdure.WorkflowStatus.SUCCESS, 1)
+
+
+@perdure.step(name="backlog_hold")
+def backlog_hold(i: int) -> int:
+    calls["backlog"] += 1
+    release.wait(30)
+    return i
+
+
+@perdure.workflow(name="backlog_flow")
+def backlog_flow(i: int) -> int:
+    return backlog_hold(i) * 2
+
+
+def test_a_recovery_backlog_is_taken_as_runs_end_not_one_sweep_per_heartbeat(
+    db_url: str,
+) -> None:
+    """A sweep takes only what can start at once (max_threads); the rest of a dead or
+    stopped worker's workflows must be taken as runs end, not one batch per heartbeat."""
+    first = perdure.Engine(db_url, recover=False, shutdown_grace=0.1).open()
+    ids = [first.start(backlog_flow, i, id=f"backlog-{i}").id for i in range(12)]
+    wait_until(lambda: calls["backlog"] == 12)
+    first.close()  # every workflow released, mid-step; its abandoned threads are fenced out
+    release.set()
+    # Sweeps only at open and every 10 minutes, heartbeats every minute: with a sweep per
+    # heartbeat, 4 at a time, the last 8 would wait minutes.
+    with perdure.Engine(db_url, max_threads=4, heartbeat_interval=60, lease_seconds=120,
+                        recovery_interval=600) as engine:  # fmt: skip
+        for i, workflow_id in enumerate(ids):
+            assert engine.handle(workflow_id).result(timeout=15) == i * 2
+        assert all(engine.get_workflow(w).status is perdure.WorkflowStatus.SUCCESS for w in ids)

@@ -408,6 +408,16 @@ def test_sqlite_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         open_store("mongodb://localhost/x")
 
 
+def test_sqlite_url_query_is_refused_not_taken_as_a_file_name(tmp_path: Path) -> None:
+    # it used to create a file named "x.db?durability=normal", silently with durability full
+    with pytest.raises(perdure.ConfigurationError, match="durability='normal'"):
+        open_store(f"sqlite:///{tmp_path / 'x.db'}?durability=normal")
+    assert list(tmp_path.iterdir()) == []
+    store = open_store(f"sqlite:///{tmp_path / 'what%3F.db'}")  # a literal "?", encoded
+    store.close()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == ["what?.db"]
+
+
 def test_sqlite_corrupt_rows_raise_typed_errors(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     s = open_store(url)

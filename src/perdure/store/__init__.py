@@ -82,8 +82,15 @@ def open_store(
                 f"SQLite URL {url!r} needs three slashes: sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
+        path, _, query = rest[1:].partition("?")
+        if query:  # a literal "?" in a file name is written %3F
+            raise ConfigurationError(
+                f"SQLite URL {url!r} has a query ({query!r}), which SQLite URLs do not take: "
+                "pass options as arguments (Engine(url, durability='normal')); write a '?' "
+                "in a file name as %3F"
+            )
         store = SQLiteStore(
-            unquote(rest[1:]), durability=durability, blob_threshold=blob_threshold,
+            unquote(path), durability=durability, blob_threshold=blob_threshold,
             encryption=encryption,
         )  # fmt: skip
         store.migrate()

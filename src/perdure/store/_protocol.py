@@ -260,6 +260,15 @@ class Store(Protocol):
             OwnershipLost: the lease is not current, or the key is taken.
         """
 
+    def append_steps(self, entries: Sequence[tuple[StepRow, Lease]]) -> list[BaseException | None]:
+        """Commit several journal entries (of any workflows) together, each fenced on its own
+        lease, as :meth:`append_step` would one by one; what happened to each, in order:
+        None (committed) or the exception ``append_step`` would have raised (``OwnershipLost``
+        when its lease is not current or its key is taken). Returns only once the entries
+        are durable. Stores commit concurrent writers' entries in shared transactions (group
+        commit); this is how one caller hands over a batch it gathered itself.
+        """
+
     def append_step_atomically(
         self, workflow_id: str, key: str, lease: Lease, body: Callable[[Any], StepRow]
     ) -> StepRow:

@@ -16,6 +16,7 @@ from .._encryption import Encryption
 from .._errors import ConfigurationError, StoreError, StoreUnavailableError
 from ._blobs import DEFAULT_BLOB_THRESHOLD, FileBlobs
 from ._codec import Codec
+from ._group import GroupCommit
 from ._migrations import load_migrations, migration_failed
 from ._protocol import Lease, OwnershipLost, StepRow, WorkflowRow
 from ._rows import step_row, workflow_row
@@ -58,6 +59,12 @@ class SQLiteBase:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        #: journal entries of concurrent writers, committed together
+        self._group: GroupCommit[tuple[int, Any]] = GroupCommit(self._write_batch)
+
+    def _write_batch(self, batch: list[tuple[int, Any]]) -> list[Any]:
+        """One transaction over a batch of writes (the store's own)."""
+        raise NotImplementedError
 
     # -- plumbing --------------------------------------------------------------------------
 

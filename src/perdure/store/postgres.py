@@ -31,6 +31,7 @@ import psycopg
 
 from .. import _failpoints
 from .._errors import StoreError
+from ._group import Outcome, step_not_recorded
 from ._pg_base import (
     _NOW,
     _UNSETTLED,
@@ -93,6 +94,16 @@ _ATTEMPT_SQL = (
     "%(attempt)s, %(name)s, %(error)s, %(started_at)s, %(failed_at)s, %(retry_at)s "
     "FROM owned ON CONFLICT DO NOTHING"
 )
+
+
+def _append_params(row: StepRow, lease: Lease) -> dict[str, Any]:
+    return {
+        "wf": row.workflow_id, "owner": lease.owner, "epoch": lease.epoch,
+        "position": row.position, "key": row.key, "name": row.name,
+        "status": row.status.value, "output": row.output, "error": row.error,
+        "started_at": row.started_at, "finished_at": row.finished_at,
+        "attempts": row.attempts, "fingerprint": row.fingerprint,
+    }  # fmt: skip
 
 
 class PostgresStore(PgWaiting, PgLimits):
@@ -326,26 +337,51 @@ class PostgresStore(PgWaiting, PgLimits):
         return [self._step(r) for r in rows]
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
-        """Commit one journal entry, fenced on the lease, in one statement."""
-        row = self.codec.step_out(row)
-        params = {
-            "wf": row.workflow_id, "owner": lease.owner, "epoch": lease.epoch,
-            "position": row.position, "key": row.key, "name": row.name,
-            "status": row.status.value, "output": row.output, "error": row.error,
-            "started_at": row.started_at, "finished_at": row.finished_at,
-            "attempts": row.attempts, "fingerprint": row.fingerprint,
-        }  # fmt: skip
+        """Commit one journal entry, fenced on the lease. Entries of workflows stepping at
+        the same time share one transaction (see ``perdure.store._group``)."""
+        outcome = self._group.submit([_append_params(self.codec.step_out(row), lease)])[0]
+        if outcome is not None:
+            raise outcome
 
-        def append(conn: Conn) -> int:
-            if _failpoints.ARMED:
-                _failpoints.hit("store.append_step", conn)
-            return int(conn.execute(_APPEND_SQL, params).rowcount)
+    def append_steps(self, entries: Sequence[tuple[StepRow, Lease]]) -> list[Outcome]:
+        """Commit several journal entries together, each fenced on its own lease (see the
+        protocol)."""
+        out = self.codec.step_out
+        return self._group.submit([_append_params(out(row), lease) for row, lease in entries])
 
-        if self._run(append, self._journaled(params)) != 1:
-            raise OwnershipLost(
-                f"worker {lease.owner} cannot record step {row.key} of workflow "
-                f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
-            )
+    def _write_steps(self, batch: list[dict[str, Any]]) -> list[Outcome]:
+        """One transaction over ``batch``, its statements pipelined (one round trip); a lone
+        entry is one autocommitted statement."""
+
+        def write(conn: Conn) -> list[int]:
+            if len(batch) == 1:
+                if _failpoints.ARMED:
+                    _failpoints.hit("store.append_step", conn)
+                return [conn.execute(_APPEND_SQL, batch[0]).rowcount]
+            with conn.transaction(), conn.pipeline():
+                cursors = []
+                for params in batch:
+                    if _failpoints.ARMED:
+                        _failpoints.hit("store.append_step", conn)
+                    cursors.append(conn.execute(_APPEND_SQL, params))
+            return [cursor.rowcount for cursor in cursors]
+
+        counts = self._run_journal(write, self._batch_journaled(batch))
+        return [None if n == 1 else step_not_recorded(p["wf"], p["key"], p["owner"])
+                for n, p in zip(counts, batch, strict=True)]  # fmt: skip
+
+    @classmethod
+    def _batch_journaled(cls, batch: list[dict[str, Any]]) -> Callable[[Conn], Any]:
+        """``settled`` for a batch of journal entries: the batch is one transaction, so it
+        landed if any of its rows is there (under its lease); each then counts as written
+        if its own row is (an entry whose fence failed wrote nothing either time)."""
+        checks = [cls._journaled(params) for params in batch]
+
+        def settled(conn: Conn) -> Any:
+            found = [check(conn) is not _UNSETTLED for check in checks]
+            return [int(hit) for hit in found] if any(found) else _UNSETTLED
+
+        return settled
 
     def append_step_atomically(
         self, workflow_id: str, key: str, lease: Lease, body: Callable[[Any], StepRow]

@@ -7,7 +7,10 @@ process crash and a power loss. ``durability="normal"`` sets ``synchronous=NORMA
 step survives a process crash, but the last commits before a power loss may be lost; it saves
 one fsync per commit.
 
-Every journal write is a single autocommitted statement: one transaction, one fsync per step.
+A journal write is one autocommitted statement: one transaction, one fsync per step. Steps of
+workflows running at the same time share a transaction and its fsync (group commit,
+``perdure.store._group``): the writers that arrive while one commit is in flight are committed
+together by the next.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from .. import _failpoints
 from .._errors import ConfigurationError
+from ._group import Outcome, step_not_recorded
 from ._protocol import (
     AttemptRow,
     Lease,
@@ -61,6 +65,25 @@ _APPEND_SQL = (
 )
 
 
+# the kinds of writes the group commit takes (see ``_write_batch``)
+_STEP, _FINISH, _CREATE = 0, 1, 2
+
+
+def _raised(outcomes: list[Any]) -> Any:
+    """The one outcome of a group-commit submission: raised if it is an exception."""
+    if isinstance(outcomes[0], BaseException):
+        raise outcomes[0]
+    return outcomes[0]
+
+
+def _append_params(row: StepRow, lease: Lease) -> tuple[Any, ...]:
+    return (
+        row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
+        row.error, row.started_at, row.finished_at, row.attempts, row.fingerprint,
+        row.workflow_id, lease.owner, lease.epoch,
+    )  # fmt: skip
+
+
 class SQLiteStore(SQLiteWaiting, SQLiteLimits):
     """A :class:`~perdure.store.Store` on one SQLite database file.
 
@@ -74,23 +97,23 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
     # -- workflows -------------------------------------------------------------------------
 
     def create_workflow(self, row: WorkflowRow) -> tuple[WorkflowRow, bool]:
-        """Insert ``row`` unless its id exists; return (stored row, created)."""
-        written = self.codec.workflow_out(row)
+        """Insert ``row`` unless its id exists; return (stored row, created). Rows created
+        at the same time share a commit with each other and with journal entries."""
+        created: tuple[WorkflowRow, bool] = _raised(
+            self._group.submit([(_CREATE, (row, workflow_values(self.codec.workflow_out(row))))])
+        )
+        return created
 
-        def create(conn: sqlite3.Connection) -> tuple[WorkflowRow, bool]:
-            cur = conn.execute(
-                f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({_WF_MARKS}) "
-                "ON CONFLICT (id) DO NOTHING",
-                workflow_values(written),
-            )
-            if cur.rowcount == 1:
-                return row, True
-            found = conn.execute(
-                f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (row.id,)
-            ).fetchone()
-            return self._wf(found), False
-
-        return self._run(create)
+    def _create(self, conn: sqlite3.Connection, row: WorkflowRow, values: Any) -> Any:
+        cur = conn.execute(
+            f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({_WF_MARKS}) "
+            "ON CONFLICT (id) DO NOTHING",
+            values,
+        )
+        if cur.rowcount == 1:
+            return row, True
+        found = conn.execute(f"SELECT {WF_COLUMNS} FROM workflows WHERE id = ?", (row.id,))
+        return self._wf(found.fetchone()), False
 
     def fork_workflow(self, row: WorkflowRow, steps: Sequence[StepRow]) -> tuple[WorkflowRow, bool]:
         """Create ``row`` with ``steps`` as its journal in one transaction (see the
@@ -169,29 +192,29 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         error: str | None,
     ) -> None:
         """Record the final outcome and drop ownership, if ``lease`` is current; approvals it
-        still has pending are closed (nobody can decide them any more)."""
-        now = time.time()
+        still has pending are closed (nobody can decide them any more). Outcomes stored at
+        the same time share a commit with each other and with journal entries."""
         output, error = self.codec.result_out(workflow_id, output, error)
+        params = (status.value, output, error, time.time(), workflow_id, lease.owner, lease.epoch)
+        _raised(self._group.submit([(_FINISH, params)]))
 
-        def finish(conn: sqlite3.Connection) -> int:
-            with self._transaction(conn):
-                count = conn.execute(
-                    "UPDATE workflows SET status = ?, output = ?, error = ?, owner = NULL, "
-                    "updated_at = ? WHERE id = ? AND owner = ? AND epoch = ?",
-                    (status.value, output, error, now, workflow_id, lease.owner, lease.epoch),
-                ).rowcount
-                if count == 1:
-                    conn.execute(
-                        "UPDATE approvals SET status = 'CLOSED', decided_at = ? WHERE "
-                        "workflow_id = ? AND status = 'PENDING'",
-                        (now, workflow_id),
-                    )
-                if _failpoints.ARMED:
-                    _failpoints.hit("store.finish", conn)
-                return int(count)
-
-        if self._run(finish) != 1:
-            raise OwnershipLost(f"worker {lease.owner} no longer owns workflow {workflow_id!r}")
+    def _finish(self, conn: sqlite3.Connection, params: tuple[Any, ...]) -> OwnershipLost | None:
+        count = conn.execute(
+            "UPDATE workflows SET status = ?, output = ?, error = ?, owner = NULL, "
+            "updated_at = ? WHERE id = ? AND owner = ? AND epoch = ?",
+            params,
+        ).rowcount
+        if count == 1:
+            conn.execute(
+                "UPDATE approvals SET status = 'CLOSED', decided_at = ? WHERE "
+                "workflow_id = ? AND status = 'PENDING'",
+                (params[3], params[4]),
+            )
+        if _failpoints.ARMED:
+            _failpoints.hit("store.finish", conn)
+        if count != 1:
+            return OwnershipLost(f"worker {params[5]} no longer owns workflow {params[4]!r}")
+        return None
 
     def reset_workflow(
         self, workflow_id: str, retry_failed_step: bool = False, version: str | None = None
@@ -247,24 +270,42 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         return [self._step(r) for r in rows]
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
-        """Commit one journal entry, fenced on the lease, in one statement and one fsync."""
-        row = self.codec.step_out(row)
-        params = (
-            row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
-            row.error, row.started_at, row.finished_at, row.attempts, row.fingerprint,
-            row.workflow_id, lease.owner, lease.epoch,
-        )  # fmt: skip
+        """Commit one journal entry, fenced on the lease. Entries of workflows stepping at
+        the same time share one transaction and one fsync (see ``perdure.store._group``)."""
+        _raised(self._group.submit([(_STEP, _append_params(self.codec.step_out(row), lease))]))
 
-        def append(conn: sqlite3.Connection) -> int:
-            if _failpoints.ARMED:
-                _failpoints.hit("store.append_step", conn)
-            return int(conn.execute(_APPEND_SQL, params).rowcount)
+    def append_steps(self, entries: Sequence[tuple[StepRow, Lease]]) -> list[Outcome]:
+        """Commit several journal entries together, each fenced on its own lease (see the
+        protocol)."""
+        out = self.codec.step_out
+        return self._group.submit([(_STEP, _append_params(out(r), lease)) for r, lease in entries])
 
-        if self._run(append) != 1:
-            raise OwnershipLost(
-                f"worker {lease.owner} cannot record step {row.key} of workflow "
-                f"{row.workflow_id!r}: it no longer holds the workflow, or the step is recorded"
-            )
+    def _write_batch(self, batch: list[tuple[int, Any]]) -> list[Any]:
+        """One transaction (one fsync) over ``batch``: journal entries, new workflow rows
+        and outcomes, each fenced on its own; a lone journal entry is one statement."""
+
+        def write(conn: sqlite3.Connection) -> list[Any]:
+            if len(batch) == 1 and batch[0][0] == _STEP:
+                return [self._append(conn, batch[0][1])]
+            with self._transaction(conn):
+                return [self._apply(conn, kind, item) for kind, item in batch]
+
+        return self._run(write)
+
+    def _apply(self, conn: sqlite3.Connection, kind: int, item: Any) -> Any:
+        if kind == _STEP:
+            return self._append(conn, item)
+        if kind == _FINISH:
+            return self._finish(conn, item)
+        return self._create(conn, *item)
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, params: tuple[Any, ...]) -> OwnershipLost | None:
+        if _failpoints.ARMED:
+            _failpoints.hit("store.append_step", conn)
+        if conn.execute(_APPEND_SQL, params).rowcount == 1:
+            return None
+        return step_not_recorded(params[0], params[2], params[12])
 
     def append_step_atomically(
         self, workflow_id: str, key: str, lease: Lease, body: Callable[[Any], StepRow]
