@@ -522,3 +522,28 @@ def test_concurrent_agents_get_stable_distinct_approval_names(
     assert out[0].startswith("a: done after 1 tool results: A human rejected this call: not a")
     assert out[1] == "b: done after 1 tool results: moved 0"
     assert force_replay(engine, "gathered") == out
+
+
+def test_an_assistant_turn_of_tool_calls_is_resent_without_a_null_content() -> None:
+    """The message recording a tool-calling turn leaves out ``content: null`` (the API
+    allows it): the SDK's request transform walks every key of every message at every turn,
+    and a null content cost it about a third of its work on a long conversation."""
+    from openai.types.chat import ChatCompletion
+
+    from perdure.agents._agent import _read
+
+    def completion(message: dict[str, Any]) -> ChatCompletion:
+        return ChatCompletion.model_validate({
+            "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+        })  # fmt: skip
+
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "lookup", "arguments": '{"query": "q"}'}}  # fmt: skip
+    calls, text, said = _read(completion({"role": "assistant", "tool_calls": [call]}), True)
+    assert calls == [("call_1", "lookup", '{"query": "q"}')] and text == ""
+    assert said == {"role": "assistant", "tool_calls": [call]}
+    _, text, said = _read(completion({"role": "assistant", "content": "done"}), True)
+    assert said == {"role": "assistant", "content": "done"} and text == "done"
+    _, _, said = _read(completion({"role": "assistant", "content": None}), True)
+    assert said == {"role": "assistant", "content": None}  # no calls: content stays
