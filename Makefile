@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test browser test-sqlite test-postgres lint bench bench-steps bench-postgres chaos clean
+.PHONY: demo test browser test-sqlite test-postgres lint bench bench-steps bench-growth bench-postgres chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "perdure needs Python >= 3.11"'
@@ -51,6 +51,10 @@ bench: $(STAMP)
 # perdure's own per-step overhead next to a plain call and a raw durable SQLite insert.
 bench-steps: $(STAMP)
 	$(PY) bench/step_overhead.py
+
+# How perdure's cost grows with workflow length, history size (replay) and concurrency.
+bench-growth: $(STAMP)
+	$(PY) bench/growth.py
 
 # perdure against DBOS Transact on PostgreSQL, 1/2/4 workers (installs dbos into bench/.peers);
 # then cross-process wake-up latency (LISTEN/NOTIFY against polling).

@@ -99,7 +99,8 @@ POINTS: dict[str, str] = {
     "store.append_transaction": "a transaction step: its body ran and its entry is inserted, "
     "before COMMIT",
     "store.consume": "a message is marked consumed and journaled, before COMMIT",
-    "store.finish": "a workflow's outcome is written, before COMMIT",
+    "store.finish": "a workflow's outcome is about to commit (SQLite: written, before COMMIT; "
+    "PostgreSQL: before the one statement that writes and commits it)",
     "timer.fire": "claim_ready took waiting workflows (a timer due, a message come, a "
     "cancellation), before COMMIT",
     "recovery.claim": "claim took over workflows of a dead or stopped worker, before COMMIT",

@@ -318,6 +318,9 @@ def test_approvals_are_decided_once_and_closed_with_the_workflow(store: Store) -
     store.close_approval("a", "timer", "TIMED_OUT")
     topic = approval_topic("ok")
     assert store.consume_message("a", topic, step("a", 0, "ok"), lease("w1")) == '"yes"'
+    with pytest.raises(OwnershipLost):  # a stale worker's finish changes nothing at all
+        store.finish_workflow("a", lease("w2"), WorkflowStatus.SUCCESS, "1", None)
+    assert [r.name for r in store.list_approvals(pending_only=True, limit=10)] == ["later"]
     store.finish_workflow("a", lease("w1"), WorkflowStatus.SUCCESS, "1", None)
     everything = {r.name: r for r in store.list_approvals(pending_only=False, limit=10)}
     assert {name: r.status for name, r in everything.items()} == {
