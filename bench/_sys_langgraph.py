@@ -213,7 +213,7 @@ def scenario_steps(args: Any) -> dict[str, Any]:
         ("graph", steps_graph(store.saver), False),
     ):
         run = runner(graph, name, functional)
-        if run(100) != 100:  # warm-up, untimed
+        if run(args.steps) != args.steps:  # warm-up, untimed, as long as the timed run
             raise RuntimeError(f"{name}: the warm-up returned a wrong count")
         result, wall, cpu = timed(lambda run=run: run(args.steps))  # type: ignore[misc]
         if result != args.steps:
