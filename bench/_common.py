@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def cpu_model() -> str:
@@ -189,3 +192,68 @@ def run_child(args: argparse.Namespace, module: dict[str, Any]) -> int:
     else:
         emit(module[f"scenario_{args.scenario}"](args))
     return 0
+
+
+class Recovered(NamedTuple):
+    """What :func:`kill_and_recover` measured."""
+
+    seconds: float  #: from spawning the recovering child to its DONE line (or its exit)
+    child: dict[str, Any]  #: the recovering child's RESULT
+    step1_before: int  #: step-1 executions logged before the kill
+    step1_after: int  #: step-1 executions logged in all, after the recovery
+
+
+def kill_and_recover(
+    command: list[str],
+    ready: Callable[[], bool],
+    step1_log: Path,
+    resume_args: Sequence[str] = (),
+    timeout: float = 300.0,
+) -> Recovered:
+    """The recovery scenario's two children, for any system: ``command --role start`` runs
+    the workflows until ``ready()`` says each has journaled step 1, then is SIGKILLed;
+    ``command --role resume`` (with ``CMP_RECOVERING=1``) recovers them. The clock runs from
+    spawning the second child to its ``DONE`` line, or to its exit if it prints none."""
+    first = subprocess.Popen([*command, "--role", "start"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if first.poll() is not None:
+            raise RuntimeError(f"the first child exited early ({first.returncode})")
+        if time.monotonic() > deadline:
+            first.kill()
+            raise RuntimeError(f"the workflows did not all journal step 1 within {timeout:.0f} s")
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    before = len(step1_log.read_text().splitlines())
+
+    wall0 = time.perf_counter()
+    second = subprocess.Popen(
+        [*command, "--role", "resume", *resume_args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CMP_RECOVERING": "1"},
+    )
+    assert second.stdout is not None
+    done: float | None = None
+    lines = []
+    for line in second.stdout:
+        if line.startswith("DONE") and done is None:
+            done = time.perf_counter() - wall0
+        lines.append(line)
+    second.wait()
+    seconds = done if done is not None else time.perf_counter() - wall0
+    if second.returncode != 0:
+        raise RuntimeError(f"the recovering child failed ({second.returncode})")
+    result = next(x for x in lines if x.startswith("RESULT ")).removeprefix("RESULT ")
+    after = len(step1_log.read_text().splitlines())
+    return Recovered(seconds, json.loads(result), before, after)
+
+
+def timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``run()``'s result, its wall time and the process's CPU time (user + system, every
+    thread) while it ran, in seconds."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    result = run()
+    cpu1, wall1 = time.process_time(), time.perf_counter()
+    return result, wall1 - wall0, cpu1 - cpu0

@@ -37,14 +37,10 @@ import gc
 import json
 import logging
 import os
-import signal
-import sqlite3
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +48,17 @@ from dbos import DBOS, SetWorkflowID
 
 from _common import (
     child_parser,
-    database_url,
     emit,
+    kill_and_recover,
     percentile,
-    recreate_pg_database,
     rss_mb,
     run_child,
     run_many,
+    timed,
 )
+from _dbos_setup import APP_VERSION, EXECUTOR_ID, Backend, launch, version
 
 ENTRY = time.perf_counter()  # the recovery child's start-up is measured from here
-SYS_DB = "cmp_dbos_sys"
-APP_VERSION = "cmp-1"
-EXECUTOR_ID = "cmp-dbos"
 WARMUP_WORKFLOWS = 20
 RESULT_TIMEOUT = 600.0
 
@@ -184,101 +178,6 @@ def conversation(max_turns: int) -> int:
                 {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)}
             )
     raise RuntimeError(f"no final answer after {max_turns} turns")
-
-
-# -- the database and DBOS -------------------------------------------------------------------
-
-
-class Backend:
-    """The system database of one backend, fresh (removed, or dropped and recreated)."""
-
-    def __init__(self, args: argparse.Namespace, fresh: bool = True) -> None:
-        self.name = args.backend
-        if args.backend == "sqlite":
-            self.path = Path(args.dir).resolve() / "dbos_sys.sqlite"
-            if fresh:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-                # journal_mode=WAL is persistent in the file: every connection DBOS opens
-                # later uses it. synchronous is per connection; SQLite's default is FULL.
-                with sqlite3.connect(self.path) as conn:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.close()
-            self.url = f"sqlite:///{self.path}"
-            self.prefix = ""
-        else:
-            if fresh:
-                self.url = recreate_pg_database(args.url, SYS_DB)
-            else:
-                self.url = database_url(args.url, SYS_DB)
-            self.prefix = "dbos."
-        self.notes = ""
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read-only query on the system database, on a connection of its own."""
-        if self.name == "sqlite":
-            conn = sqlite3.connect(self.path, timeout=30)
-            try:
-                return conn.execute(sql.replace("%s", "?"), params).fetchall()
-            finally:
-                conn.close()
-        import psycopg
-
-        with psycopg.connect(self.url, autocommit=True) as pg:
-            return list(pg.execute(sql.encode(), params).fetchall())
-
-    def count(self, table: str, where: str, params: tuple[Any, ...] = ()) -> int:
-        rows = self.query(f"SELECT count(*) FROM {self.prefix}{table} WHERE {where}", params)
-        return int(rows[0][0])
-
-
-def launch(backend: Backend) -> None:
-    """Configure DBOS on ``backend`` and launch it (recovering this executor's workflows)."""
-    DBOS(
-        config={
-            "name": "cmp-dbos",
-            "system_database_url": backend.url,
-            "log_level": "WARNING",
-            "application_version": APP_VERSION,
-            "executor_id": EXECUTOR_ID,
-        }
-    )
-    DBOS.launch()
-    backend.notes = describe(backend)
-
-
-def describe(backend: Backend) -> str:
-    """What the system database runs with, as read back through DBOS's own engine."""
-    from dbos._dbos import _get_dbos_instance
-
-    engine = _get_dbos_instance()._sys_db.engine
-    pool = getattr(engine.pool, "size", lambda: "?")()
-    with engine.connect() as conn:
-        if backend.name == "sqlite":
-            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
-            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
-            level = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(int(sync or 0), sync)
-            return (
-                f"SQLite system database, journal_mode={mode} (set by us: DBOS leaves the "
-                f"default DELETE), synchronous={level} (SQLite's default; DBOS sets none), "
-                f"DBOS's pool of {pool} connections, BEGIN IMMEDIATE transactions"
-            )
-        sync = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
-    return (
-        f"PostgreSQL system database {SYS_DB}, DBOS defaults (pool of {pool} connections, "
-        f"LISTEN/NOTIFY), synchronous_commit={sync}"
-    )
-
-
-def version() -> str:
-    return f"dbos {package_version('dbos')}"
-
-
-def timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = run()
-    cpu1, wall1 = time.process_time(), time.perf_counter()
-    return result, wall1 - wall0, cpu1 - cpu0
 
 
 def run_chain(steps: int) -> int:
@@ -449,43 +348,17 @@ def scenario_recovery(args: argparse.Namespace) -> dict[str, Any]:
     backend = Backend(args)  # fresh database; the first child creates the schema
     STEP1_LOG.unlink(missing_ok=True)
     command = [sys.executable, __file__, "recovery", *sys.argv[2:]]
-    first = subprocess.Popen([*command, "--role", "start"], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    journaled = 0
-    while journaled < args.workflows:
-        if first.poll() is not None:
-            raise RuntimeError(f"the first child exited early ({first.returncode})")
-        if time.monotonic() > deadline:
-            first.kill()
-            raise RuntimeError(f"only {journaled} workflows journaled step 1 in 300 s")
-        time.sleep(0.05)
+
+    def ready() -> bool:
         try:
             journaled = backend.count("operation_outputs", "function_name = 'cmp.rec.step1'")
         except Exception:  # the schema is not there yet
-            journaled = 0
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    executed_before = len(STEP1_LOG.read_text().splitlines())
+            return False
+        return bool(journaled >= args.workflows)
 
-    wall0 = time.perf_counter()
-    second = subprocess.Popen(
-        [*command, "--role", "resume"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CMP_RECOVERING": "1"},
-    )
-    assert second.stdout is not None
-    recovery = None
-    lines = []
-    for line in second.stdout:
-        if line.startswith("DONE") and recovery is None:
-            recovery = time.perf_counter() - wall0
-        lines.append(line)
-    second.wait()
-    if second.returncode != 0 or recovery is None:
-        raise RuntimeError(f"the recovering child failed ({second.returncode})")
-    child = json.loads(next(x for x in lines if x.startswith("RESULT ")).removeprefix("RESULT "))
-    executed = len(STEP1_LOG.read_text().splitlines())
+    done = kill_and_recover(command, ready, STEP1_LOG)
+    recovery, child = done.seconds, done.child
+    executed_before, executed = done.step1_before, done.step1_after
     return {
         "workflows": args.workflows,
         "recovery_s": recovery,

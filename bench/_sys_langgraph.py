@@ -26,9 +26,7 @@ import argparse
 import json
 import operator
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -42,11 +40,13 @@ from _common import (
     child_parser,
     database_url,
     emit,
+    kill_and_recover,
     percentile,
     recreate_pg_database,
     rss_mb,
     run_child,
     run_many,
+    timed,
 )
 
 ENTRY = time.perf_counter()  # the recovery child's start-up is measured from here
@@ -136,13 +136,6 @@ class Store:
 
 def config(thread_id: str, limit: int = 25) -> dict[str, Any]:
     return {"configurable": {"thread_id": thread_id}, "recursion_limit": limit}
-
-
-def timed(work: Callable[[], Any]) -> tuple[Any, float, float]:
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = work()
-    cpu1, wall1 = time.process_time(), time.perf_counter()
-    return result, wall1 - wall0, cpu1 - cpu0
 
 
 # -- steps and throughput --------------------------------------------------------------------
@@ -361,35 +354,11 @@ def scenario_recovery(args: Any) -> dict[str, Any]:
     count_sql = f"SELECT COUNT(DISTINCT thread_id) FROM checkpoints WHERE {step_sql} >= 1"
     command = [sys.executable, __file__, "recovery", "--backend", args.backend, "--dir"]
     command += [str(args.dir), "--url", args.url, "--workflows", str(args.workflows)]
-    first = subprocess.Popen([*command, "--role", "start"], stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while True:
-        if first.poll() is not None:
-            raise RuntimeError(f"the first child exited early ({first.returncode})")
-        if store.rows(count_sql)[0][0] >= args.workflows:
-            break
-        if time.monotonic() > deadline:
-            first.kill()
-            raise RuntimeError("the workflows did not all checkpoint step 1 within 300 s")
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    executed_before = len(log_path(args).read_text().splitlines())
-
-    wall0 = time.perf_counter()
-    second = subprocess.Popen(
-        [*command, "--role", "resume"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CMP_RECOVERING": "1"},
+    done = kill_and_recover(
+        command, lambda: bool(store.rows(count_sql)[0][0] >= args.workflows), log_path(args)
     )
-    out, _ = second.communicate()
-    recovery = time.perf_counter() - wall0
-    if second.returncode != 0:
-        raise RuntimeError(f"the recovering child failed ({second.returncode})")
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    child = json.loads(line.removeprefix("RESULT "))
-    executed = len(log_path(args).read_text().splitlines())
+    recovery, child = done.seconds, done.child
+    executed_before, executed = done.step1_before, done.step1_after
     if child["threads"] != args.workflows:
         raise RuntimeError(f"found {child['threads']} threads, expected {args.workflows}")
     return {

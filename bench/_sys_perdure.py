@@ -30,8 +30,6 @@ import argparse
 import gc
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,11 +42,13 @@ from _common import (
     child_parser,
     database_url,
     emit,
+    kill_and_recover,
     percentile,
     recreate_pg_database,
     rss_mb,
     run_child,
     run_many,
+    timed,
 )
 from perdure import agents
 
@@ -198,13 +198,6 @@ def version() -> str:
     return f"perdure {perdure.__version__}"
 
 
-def timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = run()
-    cpu1, wall1 = time.process_time(), time.perf_counter()
-    return result, wall1 - wall0, cpu1 - cpu0
-
-
 # -- steps -----------------------------------------------------------------------------------
 
 
@@ -326,35 +319,17 @@ def measure_recovery(args: argparse.Namespace, resume_threads: int) -> dict[str,
     # A client engine (recover=False: it never claims work) creates the schema, untimed, and
     # reads the journals through the public API while the first child runs.
     with perdure.Engine(backend.url, recover=False) as client:
-        first = subprocess.Popen([*command, "--role", "start"], stdout=subprocess.PIPE)
         pending = set(recovery_ids(args.workflows))
-        deadline = time.monotonic() + 300
-        while pending:
-            if first.poll() is not None:
-                raise RuntimeError(f"the first child exited early ({first.returncode})")
-            if time.monotonic() > deadline:
-                first.kill()
-                raise RuntimeError(f"{len(pending)} workflows did not journal step 1 in 300 s")
-            step1_journaled(client, pending)
-            time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-    executed_before = len(STEP1_LOG.read_text().splitlines())
 
-    wall0 = time.perf_counter()
-    second = subprocess.Popen(
-        [*command, "--role", "resume", "--resume-threads", str(resume_threads)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CMP_RECOVERING": "1"},
-    )
-    out, _ = second.communicate()
-    recovery = time.perf_counter() - wall0
-    if second.returncode != 0:
-        raise RuntimeError(f"the recovering child failed ({second.returncode})")
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    child = json.loads(line.removeprefix("RESULT "))
-    executed = len(STEP1_LOG.read_text().splitlines())
+        def ready() -> bool:
+            step1_journaled(client, pending)
+            return not pending
+
+        done = kill_and_recover(
+            command, ready, STEP1_LOG, ["--resume-threads", str(resume_threads)]
+        )
+    recovery, child = done.seconds, done.child
+    executed_before, executed = done.step1_before, done.step1_after
     return {
         "workflows": args.workflows,
         "recovery_s": recovery,
@@ -378,9 +353,9 @@ def scenario_recovery(args: argparse.Namespace) -> dict[str, Any]:
             "sync workflows (step1 appends to a file, step2 blocks 1 h, step3); first child: "
             f"Engine(max_threads={max(64, args.workflows)}) so all W block in step 2 at once; "
             f"second child: Engine(max_threads={main['max_threads']}), whose recovery sweep on "
-            "open claims all W at once (a sweep takes at most max_threads minus what runs, and "
-            "the next sweep of a backlog comes at the next heartbeat, 1 s: alt_max_threads_64 "
-            "is the same with the default 64); the SIGKILLed worker's workflows are claimed "
+            "open claims all W at once (a sweep takes at most max_threads minus what runs; the "
+            "rest of a backlog is taken as runs end: alt_max_threads_64 is the same with the "
+            "default 64); the SIGKILLed worker's workflows are claimed "
             "with no lease wait: perdure sees its pid is gone on this host (PostgreSQL too; "
             "else the default 10 s lease); startup_s = process entry (after imports) to the "
             "engine open, its first recovery sweep included; step 1 journaled checked with "

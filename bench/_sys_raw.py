@@ -24,11 +24,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from _common import child_parser, emit, recreate_pg_database
+from _common import child_parser, emit, recreate_pg_database, timed
 
 DB_NAME = "cmp_raw"
 SQLITE_DDL = (
@@ -111,13 +110,6 @@ def plain_chain(steps: int) -> int:
     for _ in range(steps):
         x = inc(x)
     return x
-
-
-def timed(run: Callable[[], int]) -> tuple[int, float, float]:
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = run()
-    cpu1, wall1 = time.process_time(), time.perf_counter()
-    return result, wall1 - wall0, cpu1 - cpu0
 
 
 # -- scenarios -------------------------------------------------------------------------------
