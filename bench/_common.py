@@ -257,3 +257,25 @@ def timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
     result = run()
     cpu1, wall1 = time.process_time(), time.perf_counter()
     return result, wall1 - wall0, cpu1 - cpu0
+
+
+def lookup(n: int) -> dict[str, int]:
+    """The agent scenario's tool, for the systems without a tool decorator of their own."""
+    return {"n": n, "value": n * 2}
+
+
+#: ``lookup``'s schema in the openai chat completions format
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a number up.",
+            "parameters": {
+                "type": "object",
+                "properties": {"n": {"type": "integer"}},
+                "required": ["n"],
+            },
+        },
+    }
+]

@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from _common import (
+    TOOLS,
     child_parser,
     database_url,
     emit,
     kill_and_recover,
+    lookup,
     percentile,
     recreate_pg_database,
     rss_mb,
@@ -472,24 +474,6 @@ def scenario_waiting(args: Any) -> dict[str, Any]:
 # -- agent -----------------------------------------------------------------------------------
 
 
-def lookup(n: int) -> dict[str, int]:
-    return {"n": n, "value": n * 2}
-
-
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "lookup",
-            "description": "Look a number up.",
-            "parameters": {
-                "type": "object",
-                "properties": {"n": {"type": "integer"}},
-                "required": ["n"],
-            },
-        },
-    }
-]
 PROMPT: list[dict[str, Any]] = [
     {"role": "system", "content": "You answer by calling lookup until you are done."},
     {"role": "user", "content": "Look the numbers up, one at a time."},

@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from _common import child_parser, emit, recreate_pg_database, timed
+from _common import TOOLS, child_parser, emit, lookup, recreate_pg_database, timed
 
 DB_NAME = "cmp_raw"
 SQLITE_DDL = (
@@ -194,26 +194,6 @@ def scenario_throughput(args: Any) -> dict[str, Any]:
         "version": backend.version,
         "notes": f"{args.concurrency} threads, 1 connection each, {backend.notes}",
     }
-
-
-def lookup(n: int) -> dict[str, int]:
-    return {"n": n, "value": n * 2}
-
-
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "lookup",
-            "description": "Look a number up.",
-            "parameters": {
-                "type": "object",
-                "properties": {"n": {"type": "integer"}},
-                "required": ["n"],
-            },
-        },
-    }
-]
 
 
 def conversation(client: Any, max_turns: int) -> int:
