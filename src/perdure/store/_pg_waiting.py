@@ -78,8 +78,11 @@ class PgWaiting(PgBase):
             return None
         params: dict[str, Any] = {"names": list(names)}
         runnable = versions_sql(params, versions, "version", _mark)
+        # wake_at IS NOT NULL (MIN skips NULLs anyway) keeps the scan to the workflows with a
+        # timer: without it, every waiting workflow's row was read at each pass of the waker
         found = self._fetchone(
-            "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
+            "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND wake_at IS NOT NULL "
+            "AND "
             f"name = ANY(%(names)s::text[]){runnable}",
             params,
         )

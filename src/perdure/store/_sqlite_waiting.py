@@ -84,7 +84,8 @@ class SQLiteWaiting(SQLiteBase):
         runnable = versions_sql(params, versions, "version", _mark)
         found = self._run(
             lambda c: c.execute(
-                "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' AND "
+                "SELECT MIN(wake_at) FROM workflows WHERE status = 'WAITING' "
+                "AND wake_at IS NOT NULL AND "
                 f"name IN ({wanted}){runnable}",
                 params,
             ).fetchone()
