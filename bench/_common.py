@@ -279,3 +279,23 @@ TOOLS: list[dict[str, Any]] = [
         },
     }
 ]
+
+
+def throughput_summary(
+    args: argparse.Namespace, done: dict[str, Any], wall: float, cpu: float
+) -> dict[str, Any]:
+    """The throughput scenario's figures from a timed :func:`run_many` (or equivalent)
+    outcome ``done`` (its ``ok`` and ``errors`` counts; a first ``error`` is printed)."""
+    if done.get("error"):
+        print(f"first error: {done['error']}", file=sys.stderr)
+    return {
+        "workflows": args.workflows,
+        "steps": args.steps,
+        "concurrency": args.concurrency,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "workflows_per_s": done["ok"] / wall,
+        "steps_per_s": done["ok"] * args.steps / wall,
+        "ok": done["ok"],
+        "errors": done["errors"],
+    }

@@ -54,6 +54,7 @@ from _common import (
     rss_mb,
     run_child,
     run_many,
+    throughput_summary,
     timed,
 )
 from _dbos_setup import APP_VERSION, EXECUTOR_ID, Backend, launch, version
@@ -214,24 +215,6 @@ def scenario_steps(args: argparse.Namespace) -> dict[str, Any]:
 # -- throughput ------------------------------------------------------------------------------
 
 
-def summary(
-    args: argparse.Namespace, done: dict[str, Any], wall: float, cpu: float
-) -> dict[str, Any]:
-    if done.get("error"):
-        print(f"first error: {done['error']}", file=sys.stderr)
-    return {
-        "workflows": args.workflows,
-        "steps": args.steps,
-        "concurrency": args.concurrency,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "workflows_per_s": done["ok"] / wall,
-        "steps_per_s": done["ok"] * args.steps / wall,
-        "ok": done["ok"],
-        "errors": done["errors"],
-    }
-
-
 def throughput_sync(args: argparse.Namespace) -> dict[str, Any]:
     warm = run_many(run_chain, WARMUP_WORKFLOWS, args.steps, args.concurrency)  # untimed
     if warm["errors"]:
@@ -239,7 +222,7 @@ def throughput_sync(args: argparse.Namespace) -> dict[str, Any]:
     done, wall, cpu = timed(
         lambda: run_many(run_chain, args.workflows, args.steps, args.concurrency)
     )
-    return summary(args, done, wall, cpu)
+    return throughput_summary(args, done, wall, cpu)
 
 
 async def many_async(workflows: int, steps: int, concurrency: int) -> dict[str, Any]:
@@ -271,7 +254,7 @@ def throughput_async(args: argparse.Namespace) -> dict[str, Any]:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         done = await many_async(args.workflows, args.steps, args.concurrency)
         cpu1, wall1 = time.process_time(), time.perf_counter()
-        return summary(args, done, wall1 - wall0, cpu1 - cpu0)
+        return throughput_summary(args, done, wall1 - wall0, cpu1 - cpu0)
 
     return asyncio.run(measure())
 

@@ -48,6 +48,7 @@ from _common import (
     rss_mb,
     run_child,
     run_many,
+    throughput_summary,
     timed,
 )
 
@@ -246,15 +247,7 @@ def scenario_throughput(args: Any) -> dict[str, Any]:
     )
     store.close()
     result = {
-        "workflows": args.workflows,
-        "steps": args.steps,
-        "concurrency": args.concurrency,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "workflows_per_s": done["ok"] / wall,
-        "steps_per_s": done["ok"] * args.steps / wall,
-        "ok": done["ok"],
-        "errors": done["errors"],
+        **throughput_summary(args, done, wall, cpu),
         "version": versions(args.backend),
         "notes": (
             f"{args.concurrency} threads each invoking the looping StateGraph on its own "

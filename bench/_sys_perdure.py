@@ -48,6 +48,7 @@ from _common import (
     rss_mb,
     run_child,
     run_many,
+    throughput_summary,
     timed,
 )
 from perdure import agents
@@ -232,19 +233,7 @@ def throughput(engine: perdure.Engine, fn: Callable[..., Any], args: Any) -> dic
     if warm["errors"]:
         raise RuntimeError(f"warm-up failed: {warm['error']}")
     done, wall, cpu = timed(lambda: run_many(run, args.workflows, args.steps, args.concurrency))
-    if done["error"]:
-        print(f"first error: {done['error']}", file=sys.stderr)
-    return {
-        "workflows": args.workflows,
-        "steps": args.steps,
-        "concurrency": args.concurrency,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "workflows_per_s": done["ok"] / wall,
-        "steps_per_s": done["ok"] * args.steps / wall,
-        "ok": done["ok"],
-        "errors": done["errors"],
-    }
+    return throughput_summary(args, done, wall, cpu)
 
 
 def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:

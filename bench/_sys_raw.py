@@ -27,7 +27,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from _common import TOOLS, child_parser, emit, lookup, recreate_pg_database, timed
+from _common import (
+    TOOLS,
+    child_parser,
+    emit,
+    lookup,
+    recreate_pg_database,
+    throughput_summary,
+    timed,
+)
 
 DB_NAME = "cmp_raw"
 SQLITE_DDL = (
@@ -183,14 +191,7 @@ def scenario_throughput(args: Any) -> dict[str, Any]:
     for conn in conns:
         conn.close()
     return {
-        "workflows": args.workflows,
-        "steps": args.steps,
-        "concurrency": args.concurrency,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "workflows_per_s": done["ok"] / wall,
-        "steps_per_s": done["ok"] * args.steps / wall,
-        **done,
+        **throughput_summary(args, done, wall, cpu),
         "version": backend.version,
         "notes": f"{args.concurrency} threads, 1 connection each, {backend.notes}",
     }

@@ -145,14 +145,8 @@ class Recovery:
         # without ever having run.
         names = registered_names()
         versions = self.versions.accepted(names)
-        with self._claiming:
-            self._dead = dead
-            room = self._max_threads - self._runner.running()
-            claimed = (
-                store.claim(self.worker.id, names, dead, room, None, versions) if room > 0 else []
-            )
-            self._backlog = room <= 0 or len(claimed) == room
-        for row in claimed:
+        self._dead = dead
+        for row in self._claim_dead(names, versions, 1):
             if self._resume(row):
                 handles.append(WorkflowHandle(cast("Engine", self), row.id))
         self._release_strays()
@@ -165,14 +159,22 @@ class Recovery:
         """Take more of what the last sweep left (it took all it had room for) as runs end
         here, a quarter of ``max_threads`` at a time, instead of waiting for the next sweep:
         a dead worker's thousand workflows are resumed at the pace they finish."""
+        for row in self._claim_dead(names, versions, max(1, self._max_threads // 4)):
+            self._resume(row)
+
+    def _claim_dead(
+        self, names: list[str], versions: frozenset[str] | None, at_least: int
+    ) -> list[WorkflowRow]:
+        """Claim workflows of the dead workers the last sweep found, as many as can start now
+        (none unless ``at_least`` slots are free), and note whether some may remain."""
         with self._claiming:
             room = self._max_threads - self._runner.running()
-            if room < max(1, self._max_threads // 4):
-                return
+            if room < at_least:
+                self._backlog = self._backlog or room <= 0
+                return []
             claimed = self.store.claim(self.worker.id, names, self._dead, room, None, versions)
             self._backlog = len(claimed) == room
-        for row in claimed:
-            self._resume(row)
+            return claimed
 
     def _first_recovery(self) -> None:
         """The sweep made when the engine opens. Its failure (the database briefly locked or

@@ -377,11 +377,11 @@ class PostgresStore(PgWaiting, PgLimits):
     def _batch_journaled(cls, batch: list[dict[str, Any]]) -> Callable[[Conn], Any]:
         """``settled`` for a batch of journal entries: the batch is one transaction, so it
         landed if any of its rows is there (under its lease); each then counts as written
-        if its own row is (an entry whose fence failed wrote nothing either time)."""
-        checks = [cls._journaled(params) for params in batch]
+        if its own row is (an entry whose fence failed wrote nothing either time). The
+        checks are built only if it is called (after a failure), not on every write."""
 
         def settled(conn: Conn) -> Any:
-            found = [check(conn) is not _UNSETTLED for check in checks]
+            found = [cls._journaled(params)(conn) is not _UNSETTLED for params in batch]
             return [int(hit) for hit in found] if any(found) else _UNSETTLED
 
         return settled
