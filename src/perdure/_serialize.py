@@ -49,6 +49,20 @@ _HINTS_SEEN: set[Any] = set()
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+def _c_encoder() -> Any:
+    """The C encoder ``_ENCODER.encode`` would build on every call, built once: reusable
+    because it keeps no state between calls when it tracks no markers (``to_json`` output has
+    no cycles: it is built fresh and depth-capped). None without the C accelerator."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    return make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                False, False, False)  # fmt: skip
+
+
+_C_ENCODE = _c_encoder()
+
+
 class UnserializableValue(Exception):
     """Raised by :func:`to_json` with the offending type and where in the value it sits."""
 
@@ -76,7 +90,14 @@ def dumps(value: Any) -> str:
     Raises:
         UnserializableValue: the value holds something the codec does not support.
     """
-    return _ENCODER.encode(to_json(value))
+    t = type(value)
+    if t is int and value.bit_length() <= 64:  # the hot path: a step's plain result
+        return int.__repr__(value)
+    if t is str:
+        return json.encoder.encode_basestring_ascii(value)
+    if _C_ENCODE is None:
+        return _ENCODER.encode(to_json(value))
+    return "".join(_C_ENCODE(to_json(value), 0))
 
 
 def to_json(value: Any, path: str = "", depth: int = 0) -> Any:

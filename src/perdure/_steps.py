@@ -115,7 +115,10 @@ def call_step_sync(spec: StepSpec, args: tuple[Any, ...], kwargs: Mapping[str, A
                     committed = _run_transaction(ctx, key, spec, args, kwargs, started, earlier)
                     attempt.succeeded(committed.output)
                     return ctx.decode(committed, spec.return_hint())
-                value = _invoke_sync(spec, args, kwargs, ctx.step_timeout(spec))
+                if spec.timeout is None and ctx.deadline_at is None:  # nothing to time
+                    value = spec.fn(*args, **kwargs)
+                else:
+                    value = _invoke_sync(spec, args, kwargs, ctx.step_timeout(spec))
             except Exception as exc:
                 if isinstance(exc, BodyFailed):
                     exc = exc.error

@@ -86,6 +86,8 @@ class Codec:
     def __init__(self, blobs: Blobs, encryption: Encryption | None = None) -> None:
         self.blobs = blobs
         self.encryption = encryption
+        #: text this short stays inline whatever its bytes (4 bytes per char at most)
+        self._inline_chars = blobs.threshold // 4
 
     # -- one payload ----------------------------------------------------------------------
 
@@ -187,6 +189,8 @@ class Codec:
     def step_out(self, row: StepRow, conn: Any = None) -> StepRow:
         """``row`` as written: its output and error sealed (``conn``: see :meth:`seal`)."""
         if self.encryption is None:
+            if row.output is None or len(row.output) <= self._inline_chars:
+                return row  # the common case, decided without a call
             output = self.blobs.offload(row.output, conn)
             return row if output is row.output else dataclasses.replace(row, output=output)
         wf, key = row.workflow_id, row.key

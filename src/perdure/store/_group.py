@@ -73,46 +73,65 @@ class GroupCommit(Generic[P]):
         self.batches = 0
         self.entries = 0
 
-    def submit(self, items: Sequence[P]) -> list[Result]:
+    def submit(self, items: list[P]) -> list[Result]:
         """Write ``items`` durably, together with whatever other writers queued; their
         outcomes, in order. Returns only after the transaction holding them has ended."""
-        slot = _Slot(items)
         with self._lock:
-            if self._leading:
+            if not self._leading:  # nobody writing: then nobody is queued either
+                self._leading = True
+                slot = None
+            else:
+                slot = _Slot(items)
                 slot.gate = threading.Lock()
                 slot.gate.acquire()
                 self._queue.append(slot)
-            else:
-                self._leading = True
-                slot.lead = True
-        if slot.gate is not None:
-            slot.gate.acquire()  # until the leader releases it: written, or to lead
-            if not slot.lead:
-                assert slot.outcomes is not None
-                return slot.outcomes
-        self._lead(slot)
+        if slot is None:
+            if len(items) > self._max_batch:
+                return self._lead(_Slot(items))
+            return self._alone(items)
+        assert slot.gate is not None
+        slot.gate.acquire()  # until the leader releases it: written, or to lead
+        if slot.lead:
+            return self._lead(slot)
         assert slot.outcomes is not None
         return slot.outcomes
 
-    def _lead(self, mine: _Slot[P]) -> None:
+    def _alone(self, items: list[P]) -> list[Result]:
+        """The common case of a workflow stepping by itself: its own transaction, no slot,
+        no queue; whoever queued meanwhile leads next."""
+        try:
+            self.batches += 1
+            self.entries += len(items)
+            return self._isolated(items)
+        finally:
+            self._hand_over()
+
+    def _lead(self, mine: _Slot[P]) -> list[Result]:
+        """Write ``mine`` with everything queued behind it; hand over to the next writer."""
         with self._lock:
             queued, self._queue = self._queue, []
         try:
             if queued or len(mine.items) > self._max_batch:
                 self._settle([mine, *queued])
-            else:  # alone: the common case of a workflow stepping by itself
+            else:
                 self.batches += 1
                 self.entries += len(mine.items)
                 mine.outcomes = self._isolated(list(mine.items))
         finally:
-            with self._lock:
-                successor = self._queue.pop(0) if self._queue else None
-                if successor is None:
-                    self._leading = False
-                else:
-                    successor.lead = True
-            if successor is not None and successor.gate is not None:
-                successor.gate.release()
+            self._hand_over()
+        assert mine.outcomes is not None
+        return mine.outcomes
+
+    def _hand_over(self) -> None:
+        """Leadership to the oldest queued writer (woken to lead), or to whoever comes next."""
+        with self._lock:
+            successor = self._queue.pop(0) if self._queue else None
+            if successor is None:
+                self._leading = False
+            else:
+                successor.lead = True
+        if successor is not None and successor.gate is not None:
+            successor.gate.release()
 
     def _settle(self, batch: list[_Slot[P]]) -> None:
         """Write the batch's entries (in transactions of at most ``max_batch``) and release

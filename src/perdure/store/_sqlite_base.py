@@ -99,14 +99,15 @@ class SQLiteBase:
             )
         )
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` under the store's lock, SQLite errors translated."""
         with self._lock:
             if self._closed:
                 raise StoreUnavailableError(f"the store for {self.path!r} is closed")
             try:
                 if _failpoints.ARMED:
                     _failpoints.connection_used(self._conn)
-                return fn(self._conn)
+                return fn(self._conn, *args)
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailableError(f"SQLite database {self.path!r}: {exc}") from exc
             except sqlite3.DatabaseError as exc:

@@ -77,8 +77,9 @@ def _raised(outcomes: list[Any]) -> Any:
 
 
 def _append_params(row: StepRow, lease: Lease) -> tuple[Any, ...]:
+    # row.status is a StrEnum: sqlite3 binds it as its text (no per-step enum ``.value``)
     return (
-        row.workflow_id, row.position, row.key, row.name, row.status.value, row.output,
+        row.workflow_id, row.position, row.key, row.name, row.status, row.output,
         row.error, row.started_at, row.finished_at, row.attempts, row.fingerprint,
         row.workflow_id, lease.owner, lease.epoch,
     )  # fmt: skip
@@ -272,7 +273,9 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
     def append_step(self, row: StepRow, lease: Lease) -> None:
         """Commit one journal entry, fenced on the lease. Entries of workflows stepping at
         the same time share one transaction and one fsync (see ``perdure.store._group``)."""
-        _raised(self._group.submit([(_STEP, _append_params(self.codec.step_out(row), lease))]))
+        outcome = self._group.submit([(_STEP, _append_params(self.codec.step_out(row), lease))])
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def append_steps(self, entries: Sequence[tuple[StepRow, Lease]]) -> list[Outcome]:
         """Commit several journal entries together, each fenced on its own lease (see the
@@ -283,14 +286,13 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
     def _write_batch(self, batch: list[tuple[int, Any]]) -> list[Any]:
         """One transaction (one fsync) over ``batch``: journal entries, new workflow rows
         and outcomes, each fenced on its own; a lone journal entry is one statement."""
+        if len(batch) == 1 and batch[0][0] == _STEP:
+            return [self._run(self._append, batch[0][1])]
+        return self._run(self._write_all, batch)
 
-        def write(conn: sqlite3.Connection) -> list[Any]:
-            if len(batch) == 1 and batch[0][0] == _STEP:
-                return [self._append(conn, batch[0][1])]
-            with self._transaction(conn):
-                return [self._apply(conn, kind, item) for kind, item in batch]
-
-        return self._run(write)
+    def _write_all(self, conn: sqlite3.Connection, batch: list[tuple[int, Any]]) -> list[Any]:
+        with self._transaction(conn):
+            return [self._apply(conn, kind, item) for kind, item in batch]
 
     def _apply(self, conn: sqlite3.Connection, kind: int, item: Any) -> Any:
         if kind == _STEP:
