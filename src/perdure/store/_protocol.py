@@ -393,7 +393,8 @@ class Store(Protocol):
         """Flag an unfinished workflow for cancellation; return its row (None if unknown)."""
 
     def owned(self, worker_id: str) -> list[WorkflowRow]:
-        """Unfinished workflows ``worker_id`` holds."""
+        """Unfinished workflows ``worker_id`` holds (PENDING or RUNNING: no other status has
+        an owner)."""
 
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""

@@ -38,6 +38,10 @@ RESET_STATUS = (
     "CASE WHEN queue IS NOT NULL AND dequeued_at IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END"
 )
 RUNNABLE = "status IN ('PENDING', 'RUNNING')"
+#: the only statuses a workflow with an owner can have (WAITING and ENQUEUED rows have none):
+#: written exactly like the ``workflows_unfinished (owner)`` partial index's predicate, so
+#: "what does this worker hold" reads that index instead of the whole table
+OWNED = RUNNABLE
 
 
 def versions_sql(

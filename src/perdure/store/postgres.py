@@ -56,6 +56,7 @@ from ._protocol import (
 )
 from ._rows import (
     ATTEMPT_COLUMNS,
+    OWNED,
     PG_STEP_MARKS,
     RESET_EVENT,
     RESET_STATUS,
@@ -485,7 +486,7 @@ class PostgresStore(PgWaiting, PgLimits):
     def owned(self, worker_id: str) -> list[WorkflowRow]:
         """Unfinished workflows ``worker_id`` holds."""
         rows = self._fetchall(
-            f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = %s AND {UNFINISHED}",
+            f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = %s AND {OWNED}",
             (worker_id,),
         )
         return [self._wf(r) for r in rows]
@@ -493,7 +494,7 @@ class PostgresStore(PgWaiting, PgLimits):
     def cancel_requests(self, worker_id: str) -> list[str]:
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
         rows = self._fetchall(
-            f"SELECT id FROM workflows WHERE owner = %s AND cancel_requested = 1 AND {UNFINISHED}",
+            f"SELECT id FROM workflows WHERE owner = %s AND cancel_requested = 1 AND {OWNED}",
             (worker_id,),
         )
         return [r[0] for r in rows]

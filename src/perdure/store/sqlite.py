@@ -36,6 +36,7 @@ from ._protocol import (
 from ._rows import (
     ACTIVE,
     ATTEMPT_COLUMNS,
+    OWNED,
     RESET_STATUS,
     RUNNABLE,
     STEP_COLUMNS,
@@ -426,7 +427,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         """Unfinished workflows ``worker_id`` holds."""
         rows = self._run(
             lambda c: c.execute(
-                f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = ? AND {UNFINISHED}",
+                f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = ? AND {OWNED}",
                 (worker_id,),
             ).fetchall()
         )
@@ -436,8 +437,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
         rows = self._run(
             lambda c: c.execute(
-                f"SELECT id FROM workflows WHERE owner = ? AND cancel_requested = 1 "
-                f"AND {UNFINISHED}",
+                f"SELECT id FROM workflows WHERE owner = ? AND cancel_requested = 1 AND {OWNED}",
                 (worker_id,),
             ).fetchall()
         )
