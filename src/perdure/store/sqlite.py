@@ -498,7 +498,8 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
             f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls + 1 END, "
             f"claimed_steps = ({_STEP_COUNT}) "
             f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE.format(dead=dead)} "
-            f"AND name IN ({wanted}){runnable} {only} ORDER BY created_at LIMIT :limit) "
+            # "+created_at": not the created_at index (all history) but the live rows, sorted
+            f"AND name IN ({wanted}){runnable} {only} ORDER BY +created_at LIMIT :limit) "
             f"RETURNING {WF_COLUMNS}"
         )
 
