@@ -17,6 +17,10 @@ Three measurements, each on a fresh database per backend (a SQLite file beside t
    (C caller threads) and async (``engine.start`` from an async workflow's point of view: C
    handles in flight); steps/s and the average number of journal entries per commit (group
    commit at work: 1.0 means one commit per step).
+4. **Steps per workflow**: 400 sync workflows of S steps (S = 0, 1, 5, 10, 20), one at a time
+   and 50 at a time; process CPU per workflow, and a least-squares line through it: the CPU
+   a workflow costs whatever its steps (start, first run, outcome) and the CPU of one more
+   step. What bounds a process's throughput once group commit has removed the fsyncs.
 
 Prints one table per measurement; always exits 0 (a benchmark, not a test).
 """
@@ -151,6 +155,40 @@ def by_concurrency(db: str, workflows: int) -> list[tuple[str, ...]]:
     return rows
 
 
+def by_workflow_size(db: str, workflows: int) -> list[tuple[str, ...]]:
+    rows = []
+    with perdure.Engine(db, max_threads=128) as engine:
+        engine.run(chain, 10)
+        for c in (1, 50):
+            points: list[tuple[int, float]] = []
+            for size in (0, 1, 5, 10, 20):
+
+                def run(c: int = c, size: int = size) -> None:
+                    with ThreadPoolExecutor(c) as pool:
+                        done = list(pool.map(lambda _: engine.run(chain, size), range(workflows)))
+                    assert done == [size] * workflows
+
+                run()  # warm-up at this size
+                wall, cpu = timed(run)
+                points.append((size, cpu / workflows * 1e6))
+                rows.append((str(c), str(size), f"{workflows / wall:,.0f}",
+                             f"{cpu / workflows * 1e6:,.0f}", "", ""))  # fmt: skip
+            fixed, per_step = _line(points)
+            rows.append((str(c), "fit", "", "", f"{fixed:,.0f}", f"{per_step:.1f}"))
+    return rows
+
+
+def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares intercept and slope of ``points``."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
+        (x - mean_x) ** 2 for x, _ in points
+    )
+    return mean_y - slope * mean_x, slope
+
+
 def table(title: str, head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print(f"\n{title}")
@@ -182,6 +220,11 @@ def main() -> int:
                 table(f"concurrency: {args.workflows} workflows x 10 steps, C at a time",
                       ("kind", "C", "steps/s", "workflows/s", "CPU us/step", "entries/commit"),
                       by_concurrency(db, args.workflows))  # fmt: skip
+            with database(backend, args.url, folder) as db:
+                table(f"steps per workflow: {args.workflows} sync workflows of S steps, C at "
+                      "a time", ("C", "S", "workflows/s", "CPU us/workflow",
+                                 "fit: us/workflow", "fit: us/step"),
+                      by_workflow_size(db, args.workflows))  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print("\n(medians are not taken: one run per cell; compare within a run)")

@@ -234,10 +234,9 @@ class Runner:
 
     def _context(self, row: WorkflowRow, lease: Lease, run: Run) -> WorkflowContext:
         assert self.store is not None
-        journal = [] if run.fresh else self.store.load_steps(row.id)
+        journal, attempts = ([], []) if run.fresh else self.store.load_run(row.id)
         if journal:
             self._note_replay(row.id, journal)
-        attempts = [] if run.fresh else self.store.load_attempts(row.id)
         # Async steps' journal entries are committed together per pass of the loop
         # (``LoopCommits``): inline on the runner's own loop (it runs only workflows) and
         # without fsync (durability "normal"), which cost less than a hop to an I/O thread; on
@@ -262,7 +261,8 @@ class Runner:
         """Count the model calls this resumption replays instead of sending again."""
         assert self.store is not None
         try:
-            value = note_replay(self.store.get_event(workflow_id, REPLAY_EVENT), journal)
+            store = self.store
+            value = note_replay(lambda: store.get_event(workflow_id, REPLAY_EVENT), journal)
             if value is not None:
                 self.store.set_event(workflow_id, REPLAY_EVENT, value)
         except PerdureError as exc:  # accounting must never stop a run

@@ -9,7 +9,7 @@ them to the workflow's ``perdure.replay_saved`` event, which ``perdure show`` re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,15 +116,18 @@ def call_usage(output: Any) -> Usage:
     return Usage(1, tokens_in, tokens_out, {model: Usage(1, tokens_in, tokens_out)})
 
 
-def note_replay(earlier: str | None, journal: Iterable[Any]) -> str | None:
+def note_replay(earlier: Callable[[], str | None], journal: Iterable[Any]) -> str | None:
     """The new value of the replay event when a run resumes ``journal`` (None: no model call
-    in it, nothing to note). ``earlier`` is the event's JSON value so far."""
+    in it, nothing to note). ``earlier`` reads the event's JSON value so far; it is called
+    only when there is something to note (a resumed workflow without model calls costs no
+    read)."""
     import json
 
     replayed = usage(journal)
     if not replayed.calls:
         return None
-    so_far = json.loads(earlier) if earlier else {}
+    previous = earlier()
+    so_far = json.loads(previous) if previous else {}
     return json.dumps({
         "model_calls": int(so_far.get("model_calls", 0)) + replayed.calls,
         "input_tokens": int(so_far.get("input_tokens", 0)) + replayed.input_tokens,

@@ -391,6 +391,44 @@ def test_perdure_show_reports_tokens_and_what_replay_saved(
     assert f"{expected.input_tokens:,} in" in text and "4 model calls" in text
 
 
+@perdure.step(name="agents_plain_step")
+def plain_step(n: int) -> int:
+    return n + 1
+
+
+@perdure.workflow(name="agents_no_model_calls")
+def no_model_calls(n: int) -> int:
+    return plain_step(plain_step(n))
+
+
+def test_a_resumed_journal_without_model_calls_costs_no_replay_event_read(
+    engine: perdure.Engine, server: FakeLLM
+) -> None:
+    # Every resumption counts the model calls it replays; one without any must not pay a
+    # read of that count (recovering 1,000 workflows paid 1,000 round trips on PostgreSQL).
+    from perdure._usage import REPLAY_EVENT
+
+    store: Any = engine.store
+    real = store.get_event
+    read: list[str] = []
+
+    def get_event(workflow_id: str, name: str) -> Any:
+        read.append(name)
+        return real(workflow_id, name)
+
+    store.get_event = get_event
+    try:
+        engine.run(no_model_calls, 1, id="plain", timeout=30)
+        assert force_replay(engine, "plain") == 3
+        assert REPLAY_EVENT not in read
+        engine.run(openai_chat, server.openai_url, id="modelled", timeout=30)
+        force_replay(engine, "modelled")  # model calls replayed: the count is read and kept
+        assert REPLAY_EVENT in read
+    finally:
+        del store.get_event
+    assert engine.store.get_event("plain", REPLAY_EVENT) is None
+
+
 @agents.tool
 def broken(query: str) -> str:
     """Always fails."""

@@ -23,19 +23,24 @@ def _heartbeat_queries(store: Any) -> None:
     store.cancel_requests("worker-1")
 
 
+#: statements that read workflows rows (a DELETE's subquery included)
+_READS = ("SELECT", "UPDATE", "DELETE")
+
 #: every limit a queue can have, so each of its counts runs
 _LIMITED = QueueLimits(concurrency=5, worker_concurrency=2, rate_limit=(10, 60.0))
 
 
 def _periodic_queries(store: Any) -> None:
-    """What a worker runs on its timers: the heartbeat's, recovery's, the waker's, and a
-    dequeue from a queue with every limit set."""
+    """What a worker runs on its timers (the heartbeat's, recovery's, the waker's queries, a
+    dequeue from a queue with every limit set) and when it closes."""
     _heartbeat_queries(store)
     store.claim("worker-1", ["flow"], ["worker-0"], 10)
     store.orphaned_names("worker-1", ["worker-0"])
     store.claim_ready("worker-1", ["flow"], 100.0, 10)
     store.next_wake(["flow"])
     store.dequeue("worker-1", "mail", ["flow"], 1, _LIMITED)
+    store.forget_workers(["worker-0"])  # after each recovery sweep
+    store.release("worker-1")  # when an engine closes
 
 
 # -- SQLite ------------------------------------------------------------------------------------
@@ -62,7 +67,7 @@ def test_sqlite_periodic_queries_search_an_index(tmp_path: Path) -> None:
         store._conn.set_trace_callback(sent.append)  # the statements, parameters bound
         _periodic_queries(store)
         store._conn.set_trace_callback(None)
-        reads = [sql for sql in sent if sql.lstrip().upper().startswith(("SELECT", "UPDATE"))]
+        reads = [sql for sql in sent if sql.lstrip().upper().startswith(_READS)]
         assert len(reads) >= 9, sent
         for sql in reads:
             plan = store._conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
@@ -141,7 +146,7 @@ def test_postgres_periodic_queries_scan_an_index(pg_url: str) -> None:
         sent = _spied(store, _periodic_queries)
         reads = [
             (q, p) for q, p in sent
-            if "workflows" in str(q) and str(q).lstrip().upper().startswith(("SELECT", "UPDATE"))
+            if "workflows" in str(q) and str(q).lstrip().upper().startswith(_READS)
         ]  # fmt: skip
         assert len(reads) >= 6, sent
         for (sql, _), plan in zip(reads, _pg_plans(store, reads), strict=True):

@@ -224,6 +224,19 @@ def test_attempts_are_fenced_and_listed(store: Store) -> None:
     second = AttemptRow("a", "0", 2, "s", "{}", now + 3, now + 4, now + 5)
     store.append_attempt(second, lease("w1"))
     assert store.load_attempts("a") == [first, second]
+    entry = step("a", 0)
+    store.append_step(entry, lease("w1"))
+    # what a resumption reads: the journal and the attempts together (one round trip on
+    # PostgreSQL), the same rows as read apart
+    assert (
+        store.load_run("a")
+        == ([entry], [first, second])
+        == (
+            store.load_steps("a"),
+            store.load_attempts("a"),
+        )
+    )
+    assert store.load_run("missing") == ([], [])
 
 
 def test_claims_count_stalls_until_the_journal_grows(store: Store) -> None:

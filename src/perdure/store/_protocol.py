@@ -294,6 +294,10 @@ class Store(Protocol):
     def load_attempts(self, workflow_id: str) -> list[AttemptRow]:
         """Every recorded failed attempt of the workflow, by key and attempt."""
 
+    def load_run(self, workflow_id: str) -> tuple[list[StepRow], list[AttemptRow]]:
+        """What a run needs to resume: ``load_steps`` and ``load_attempts`` together, in one
+        round trip where the database allows (a resumption pays it once per workflow)."""
+
     def suspend_workflow(
         self, workflow_id: str, lease: Lease, wake_at: float | None, topic: str | None
     ) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -39,28 +39,25 @@ from ._pg_base import (
     TRANSIENT_SQLSTATES,
     Conn,
     _hold,
-    _mark,
     split_url,
     transient,
 )
 from ._pg_limits import PgLimits
+from ._pg_ownership import PgOwnership
 from ._pg_waiting import PgWaiting
 from ._protocol import (
     AttemptRow,
     Lease,
     OwnershipLost,
     StepRow,
-    WorkerRow,
     WorkflowRow,
     WorkflowStatus,
 )
 from ._rows import (
     ATTEMPT_COLUMNS,
-    OWNED,
     PG_STEP_MARKS,
     RESET_EVENT,
     RESET_STATUS,
-    RUNNABLE,
     STEP_COLUMNS,
     UNFINISHED,
     WF_COLUMNS,
@@ -68,19 +65,19 @@ from ._rows import (
     forget_failed_step,
     step_row,
     step_values,
-    versions_sql,
     workflow_row,
     workflow_values,
 )
 
 __all__ = ["MIGRATION_LOCK", "TRANSIENT_SQLSTATES", "PostgresStore", "split_url", "transient"]
 
-_CLAIMABLE = (
-    f"{RUNNABLE} AND owner IS DISTINCT FROM %(me)s AND (owner IS NULL "
-    "OR owner = ANY(%(dead)s::text[]) OR NOT EXISTS (SELECT 1 FROM workers WHERE "
-    f"workers.id = workflows.owner AND workers.expires_at >= {_NOW}))"
+_STEPS_SQL = (
+    f'SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = %s ORDER BY position, key COLLATE "C"'
 )
-_STEP_COUNT = "SELECT COUNT(*) FROM steps WHERE steps.workflow_id = workflows.id"
+_ATTEMPTS_SQL = (
+    f"SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE workflow_id = %s "
+    'ORDER BY failed_at, key COLLATE "C", attempt'
+)
 _FENCE = (
     "WITH owned AS (SELECT 1 FROM workflows WHERE id = %(wf)s AND owner = %(owner)s "
     "AND epoch = %(epoch)s FOR SHARE) "
@@ -116,7 +113,7 @@ def _append_params(row: StepRow, lease: Lease) -> dict[str, Any]:
     }  # fmt: skip
 
 
-class PostgresStore(PgWaiting, PgLimits):
+class PostgresStore(PgWaiting, PgLimits, PgOwnership):
     """A :class:`~perdure.store.Store` on a PostgreSQL database.
 
     Args:
@@ -333,12 +330,19 @@ class PostgresStore(PgWaiting, PgLimits):
 
     def load_steps(self, workflow_id: str) -> list[StepRow]:
         """The workflow's journal, by position."""
-        rows = self._fetchall(
-            f"SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = %s "
-            'ORDER BY position, key COLLATE "C"',
-            (workflow_id,),
-        )
-        return [self._step(r) for r in rows]
+        return [self._step(r) for r in self._fetchall(_STEPS_SQL, (workflow_id,))]
+
+    def load_run(self, workflow_id: str) -> tuple[list[StepRow], list[AttemptRow]]:
+        """The journal and the failed attempts, read in one round trip (a pipeline)."""
+
+        def read(conn: Conn) -> tuple[list[Any], list[Any]]:
+            with conn.pipeline():
+                steps = conn.execute(_STEPS_SQL, (workflow_id,))
+                attempts = conn.execute(_ATTEMPTS_SQL, (workflow_id,))
+            return steps.fetchall(), attempts.fetchall()
+
+        rows, tried = self._run(read)
+        return [self._step(r) for r in rows], self._attempts(workflow_id, tried)
 
     def append_step(self, row: StepRow, lease: Lease) -> None:
         """Commit one journal entry, fenced on the lease. Entries of workflows stepping at
@@ -453,144 +457,7 @@ class PostgresStore(PgWaiting, PgLimits):
 
     def load_attempts(self, workflow_id: str) -> list[AttemptRow]:
         """Every recorded failed attempt of the workflow."""
-        rows = self._fetchall(
-            f"SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE workflow_id = %s "
-            'ORDER BY failed_at, key COLLATE "C", attempt',
-            (workflow_id,),
-        )
+        return self._attempts(workflow_id, self._fetchall(_ATTEMPTS_SQL, (workflow_id,)))
+
+    def _attempts(self, workflow_id: str, rows: list[Any]) -> list[AttemptRow]:
         return self.codec.attempts_in(attempt_rows(workflow_id, rows))
-
-    # -- cancellation ----------------------------------------------------------------------
-
-    def request_cancel(self, workflow_id: str) -> WorkflowRow | None:
-        """Flag an unfinished workflow for cancellation; return its row."""
-
-        def flag(conn: Conn) -> Any:
-            with conn.transaction():
-                flagged = conn.execute(
-                    f"UPDATE workflows SET cancel_requested = 1, updated_at = {_NOW}, "
-                    "wake_at = CASE WHEN status = 'WAITING' THEN 0 ELSE wake_at END, "
-                    "status = CASE WHEN status = 'ENQUEUED' THEN 'CANCELLED' ELSE status END "
-                    f"WHERE id = %s AND {UNFINISHED}",
-                    (workflow_id,),
-                ).rowcount
-                if flagged:
-                    self._notify(conn)  # a waiting workflow is woken to run its cancellation
-                return conn.execute(
-                    f"SELECT {WF_COLUMNS} FROM workflows WHERE id = %s", (workflow_id,)
-                ).fetchone()
-
-        found = self._run(flag)
-        return None if found is None else self._wf(found)
-
-    def owned(self, worker_id: str) -> list[WorkflowRow]:
-        """Unfinished workflows ``worker_id`` holds."""
-        rows = self._fetchall(
-            f"SELECT {WF_COLUMNS} FROM workflows WHERE owner = %s AND {OWNED}",
-            (worker_id,),
-        )
-        return [self._wf(r) for r in rows]
-
-    def cancel_requests(self, worker_id: str) -> list[str]:
-        """Ids of unfinished workflows held by ``worker_id`` whose cancellation is asked."""
-        rows = self._fetchall(
-            f"SELECT id FROM workflows WHERE owner = %s AND cancel_requested = 1 AND {OWNED}",
-            (worker_id,),
-        )
-        return [r[0] for r in rows]
-
-    # -- ownership -------------------------------------------------------------------------
-
-    def heartbeat(self, worker: WorkerRow, lease_seconds: float) -> None:
-        """Record that ``worker`` is alive for ``lease_seconds`` from now (database clock)."""
-
-        def renew(conn: Conn) -> None:
-            if _failpoints.ARMED:
-                _failpoints.hit("lease.renew", conn)
-            conn.execute(
-                "INSERT INTO workers (id, host, pid, heartbeat_at, expires_at) "
-                "SELECT %s, %s, %s, t, t + %s FROM (SELECT "
-                f"{_NOW} AS t) AS clock "
-                "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
-                "expires_at = excluded.expires_at",
-                (worker.id, worker.host, worker.pid, float(lease_seconds)),
-            )
-
-        self._run(renew)
-
-    def list_workers(self) -> list[WorkerRow]:
-        """Every worker row, live or not."""
-        rows = self._fetchall("SELECT id, host, pid, heartbeat_at, expires_at FROM workers")
-        return [WorkerRow(*r) for r in rows]
-
-    def claim(
-        self,
-        worker_id: str,
-        names: Collection[str],
-        dead_workers: Sequence[str],
-        limit: int,
-        workflow_id: str | None = None,
-        versions: Collection[str] | None = None,
-    ) -> list[WorkflowRow]:
-        """Take over unfinished workflows whose owner is gone (see the protocol)."""
-        if not names:
-            return []
-        params: dict[str, Any] = {
-            "me": worker_id,
-            "limit": limit,
-            "dead": list(dead_workers),
-            "names": list(names),
-        }
-        runnable = versions_sql(params, versions, "version", _mark)
-        only = ""
-        if workflow_id is not None:
-            params["only"] = workflow_id
-            only = "AND id = %(only)s"
-        query = (
-            f"UPDATE workflows SET owner = %(me)s, status = 'RUNNING', updated_at = {_NOW}, "
-            "recoveries = recoveries + (owner IS NOT NULL)::int, epoch = epoch + 1, "
-            "stalls = CASE WHEN owner IS NULL THEN (CASE WHEN stalls > 0 AND "
-            f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls END) WHEN "
-            f"({_STEP_COUNT}) > claimed_steps THEN 1 ELSE stalls + 1 END, "
-            f"claimed_steps = ({_STEP_COUNT}) "
-            f"WHERE id IN (SELECT id FROM workflows WHERE {_CLAIMABLE} "
-            f"AND name = ANY(%(names)s::text[]){runnable} {only} ORDER BY created_at "
-            "LIMIT %(limit)s "
-            f"FOR UPDATE SKIP LOCKED) RETURNING {WF_COLUMNS}"
-        )
-        return self._claimed(self._claiming(query, params, "recovery.claim"))
-
-    def orphaned_names(self, worker_id: str, dead_workers: Sequence[str]) -> dict[str, int]:
-        """Count claimable workflows by name, whatever their name."""
-        rows = self._fetchall(
-            f"SELECT name, COUNT(*) FROM workflows WHERE {_CLAIMABLE} GROUP BY name",
-            {"me": worker_id, "dead": list(dead_workers)},
-        )
-        return {str(name): int(count) for name, count in rows}
-
-    def release(self, worker_id: str) -> int:
-        """Give up every unfinished workflow ``worker_id`` owns, and forget the worker."""
-
-        def release(conn: Conn) -> int:
-            with conn.transaction():
-                count = conn.execute(
-                    f"UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = {_NOW} "
-                    f"WHERE owner = %s AND {UNFINISHED}",
-                    (worker_id,),
-                ).rowcount
-                conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
-                if count:
-                    self._notify(conn)  # released work: another worker may take it now
-                return count
-
-        return self._run(release)
-
-    def forget_workers(self, worker_ids: Sequence[str]) -> None:
-        """Delete worker rows that own nothing any more."""
-        if not worker_ids:
-            return
-        self._rowcount(
-            "DELETE FROM workers WHERE id = ANY(%s::text[]) AND id NOT IN "
-            f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {UNFINISHED})",
-            (list(worker_ids),),
-        )

@@ -369,6 +369,10 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         )
         return self.codec.attempts_in(attempt_rows(workflow_id, rows))
 
+    def load_run(self, workflow_id: str) -> tuple[list[StepRow], list[AttemptRow]]:
+        """The journal and the failed attempts (two local reads: no round trip to save)."""
+        return self.load_steps(workflow_id), self.load_attempts(workflow_id)
+
     # -- queues ----------------------------------------------------------------------------
 
     def dequeue(
@@ -529,7 +533,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
             with self._transaction(conn):
                 count = conn.execute(
                     f"UPDATE workflows SET owner = NULL, status = 'PENDING', updated_at = ? "
-                    f"WHERE owner = ? AND {UNFINISHED}",
+                    f"WHERE owner = ? AND {OWNED}",
                     (time.time(), worker_id),
                 ).rowcount
                 conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
@@ -546,7 +550,7 @@ class SQLiteStore(SQLiteWaiting, SQLiteLimits):
         self._run(
             lambda c: c.execute(
                 f"DELETE FROM workers WHERE id IN ({ids}) AND id NOT IN "
-                f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {UNFINISHED})",
+                f"(SELECT owner FROM workflows WHERE owner IS NOT NULL AND {OWNED})",
                 params,
             )
         )
