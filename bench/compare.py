@@ -13,7 +13,7 @@ trivial steps: per-step wall and CPU, 3 interleaved repetitions, medians), ``thr
 workflows SIGKILLed mid-way, then the time until a new process has finished them all),
 ``waiting`` (10,000 workflows waiting for a message: memory, threads, wake-up latency of 100)
 and ``agent`` (a 50-turn tool-calling conversation against a local fake LLM answering in 50 ms:
-``bench/_fake_llm.py``).
+``bench/_fake_llm.py``; 3 interleaved repetitions, medians, like ``steps``).
 
 Every measurement is a fresh child process, ``bench/_sys_<system>.py <scenario> --backend ...``,
 which prints one ``RESULT {json}`` line (contract: ``_common.child_parser`` and the module
@@ -65,6 +65,9 @@ REQUIREMENTS = BENCH / "peers-requirements.txt"
 STAMP = PEER_VENV / ".requirements-sha256"
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432"
 SCENARIOS = ["steps", "throughput", "recovery", "waiting", "agent"]
+#: scenarios whose figure is a small difference over a floor: medians of --repeat runs (one
+#: 50-turn conversation moved by ±5 % from run to run, as much as the target's margin)
+REPEATED = ("steps", "agent")
 SYSTEMS = ["perdure", "dbos", "langgraph", "raw"]
 PEERS = {"dbos", "langgraph"}
 DATABASES = ["cmp_perdure", "cmp_dbos", "cmp_dbos_sys", "cmp_langgraph", "cmp_raw"]
@@ -390,12 +393,13 @@ def run_child(case: Case, rep: int, python: Path | str, args: argparse.Namespace
 
 
 def run_all(plan: dict[str, list[Case]], args: argparse.Namespace, peer: Path | None) -> list[Run]:
-    """Run the plan: ``steps`` repeated ``--repeat`` times, rotating the order of the systems
-    each time (interleaved); the other scenarios ``--repeat-others`` times."""
+    """Run the plan: ``steps`` and ``agent`` (small differences, measured against a floor)
+    repeated ``--repeat`` times, rotating the order of the systems each time (interleaved);
+    the other scenarios ``--repeat-others`` times."""
     has_openai = importlib.util.find_spec("openai") is not None
     order: list[tuple[Case, int]] = []
     for scenario, found in plan.items():
-        repeat = args.repeat if scenario == "steps" else args.repeat_others
+        repeat = args.repeat if scenario in REPEATED else args.repeat_others
         for rep in range(repeat):
             if scenario == "steps":
                 shift = rep % max(1, len(found))
@@ -445,7 +449,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
-        "--repeat", type=int, help="repetitions of steps, interleaved [3; 1 with --quick]"
+        "--repeat",
+        type=int,
+        help="repetitions of steps and agent, interleaved [3; 1 with --quick]",
     )
     parser.add_argument("--repeat-others", type=int, default=1, help="of the others [1]")
     parser.add_argument("--steps", type=int, help="steps of the per-step workflow [1000]")
