@@ -73,12 +73,6 @@ class Branch:
         self.seq = 0
         self.children = 0
 
-    def next_key(self) -> str:
-        """The replay key of this branch's next step call."""
-        key = f"{self.prefix}{self.seq}"
-        self.seq += 1
-        return key
-
     def child(self) -> Branch:
         """The branch of the next task this branch creates."""
         branch = Branch(f"{self.prefix}t{self.children}/")
@@ -169,7 +163,7 @@ class WorkflowContext(JournalWriter):
     def reserve(self) -> str:
         """Take the next replay key of the calling branch (call order within the branch)."""
         branch = _branch.get() or self.root
-        key = f"{branch.prefix}{branch.seq}"  # Branch.next_key, inlined: once per step
+        key = f"{branch.prefix}{branch.seq}"
         branch.seq += 1
         self._used.add(key)
         return key
