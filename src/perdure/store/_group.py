@@ -111,12 +111,7 @@ class GroupCommit(Generic[P]):
         with self._lock:
             queued, self._queue = self._queue, []
         try:
-            if queued or len(mine.items) > self._max_batch:
-                self._settle([mine, *queued])
-            else:
-                self.batches += 1
-                self.entries += len(mine.items)
-                mine.outcomes = self._isolated(list(mine.items))
+            self._settle([mine, *queued])
         finally:
             self._hand_over()
         assert mine.outcomes is not None
