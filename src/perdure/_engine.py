@@ -148,6 +148,10 @@ class Engine(Recovery, EngineOperations):
         self._default_retry = retry
         self._max_recoveries = max_recoveries
         self.clock: Clock = clock or DatabaseClock()
+        # Row timestamps (updated_at, heartbeats) are the database's time, whatever clock the
+        # workflows get: a test's FakeClock jumps ahead, so comparisons with rows use this one.
+        self._database_clock = self.clock if isinstance(self.clock, DatabaseClock) \
+            else DatabaseClock()  # fmt: skip
         self.worker = this_worker()
         self._closing = threading.Event()
         self._poll_interval = poll_interval
@@ -236,10 +240,10 @@ class Engine(Recovery, EngineOperations):
         self._runner.stop()
 
     def _measure_clock(self) -> None:
-        """Align the default clock with the database server's (timers set here must fire on
-        time in a worker on another machine, whose own clock may be off)."""
-        if isinstance(self.clock, DatabaseClock):
-            self.clock.measure(self.store.database_time)
+        """Align the database clock (the default workflow clock) with the database server's:
+        timers set here must fire on time in a worker on another machine, whose own clock may
+        be off, and row timestamps are compared with it."""
+        self._database_clock.measure(self.store.database_time)
 
     def _release_all(self) -> None:
         assert self._store is not None

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _failpoints
-from ._clock import Clock
+from ._clock import Clock, DatabaseClock
 from ._decorators import registered, registered_names
 from ._errors import (
     DeadLetteredError,
@@ -45,6 +45,7 @@ class Recovery:
     :class:`perdure.Engine`)."""
 
     clock: Clock
+    _database_clock: DatabaseClock
     versions: Versions
     worker: WorkerRow
     _runner: Runner
@@ -151,7 +152,8 @@ class Recovery:
                 handles.append(WorkflowHandle(cast("Engine", self), row.id))
         self._release_strays()
         self._report_unregistered(dead)
-        expired = [w.id for w in workers if w.expires_at < time.time() - 10 * self._lease]
+        long_gone = self._database_clock.time() - 10 * self._lease
+        expired = [w.id for w in workers if w.expires_at < long_gone]
         store.forget_workers(dead + expired)
         return handles
 
@@ -190,7 +192,9 @@ class Recovery:
         """Give back workflows the database says this engine holds but it does not run: a
         claim whose acknowledgement was lost with the connection (the claim committed, the
         engine never learned it). Left alone, they would wait for this worker to die."""
-        cutoff = self.clock.time() - self._lease  # rows carry the database's time
+        # Rows carry the database's time: never the workflows' clock, which a FakeClock moves
+        # ahead, making a row created a moment ago (its run about to be registered) look old.
+        cutoff = self._database_clock.time() - self._lease
         for row in self.store.owned(self.worker.id):
             lease = row.lease
             if (row.status is WorkflowStatus.RUNNING and row.updated_at < cutoff

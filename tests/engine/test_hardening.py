@@ -29,6 +29,7 @@ import perdure
 from conftest import wait_until
 from perdure import _serialize
 from perdure.store.sqlite import SQLiteStore
+from perdure.testing import FakeClock
 
 COUNTS: Counter[str] = Counter()
 GATE = threading.Event()
@@ -529,3 +530,45 @@ def test_rev_dataclass_field_added_with_default_factory_is_set_on_replay() -> No
     old_journal = json.dumps({"$dataclass": key, "fields": {"label": "spam"}})  # written before
     verdict = _serialize.loads(old_journal, RevVerdict)
     assert verdict.tags == []
+
+
+# -- 14. a recovery sweep between a workflow's creation and its run's registration ----------
+
+
+@perdure.step(name="rev_counted")
+def rev_counted() -> str:
+    COUNTS["counted"] += 1
+    return "counted"
+
+
+@perdure.workflow(name="rev_counted_flow")
+def rev_counted_flow() -> str:
+    return rev_counted()
+
+
+def test_rev_a_sweep_under_a_fake_clock_does_not_release_a_workflow_being_started(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start`` commits the workflow's row (owned by this engine) and then registers its
+    run. A sweep in between releases "strays": rows this engine owns but does not run, older
+    than a lease. It compared the rows' database time with the workflows' clock, which a
+    FakeClock had moved a day ahead: the new row looked a day old and was released, the
+    launched run was fenced off at its first write, and a second run took the workflow over
+    (the model-based test saw a failed attempt vanish from the journal this way). The sweep
+    is placed in that gap deterministically by wrapping the runner's ``launch``."""
+    clock = FakeClock()
+    clock.advance(86_400)
+    with perdure.Engine(db_url, clock=clock, lease_seconds=0.5, heartbeat_interval=0.1,
+                        recovery_interval=0.1, shutdown_grace=0.1) as engine:  # fmt: skip
+        launch = engine._runner.launch
+
+        def launch_after_a_sweep(*args: Any, **kwargs: Any) -> None:
+            engine.recover()
+            launch(*args, **kwargs)
+
+        monkeypatch.setattr(engine._runner, "launch", launch_after_a_sweep)
+        handle = engine.start(rev_counted_flow, id="being-started")
+        assert handle.result(timeout=10) == "counted"
+        info = engine.get_workflow("being-started")
+    assert info.recoveries == 0, "the workflow was released while it was being started"
+    assert COUNTS["counted"] == 1
