@@ -96,6 +96,41 @@ def test_steps_are_fenced_on_ownership_and_positions_are_unique(store: Store) ->
     assert [(r.position, r.name) for r in store.load_steps("a")] == [(0, "s")]
 
 
+def test_rows_round_trip_with_every_pattern_of_nulls(store: Store) -> None:
+    """Optional columns hold None or a value in any combination (SQLite writes None as a
+    NULL literal in the statement; each pattern is its own statement), and the fence still
+    holds for each pattern."""
+    import itertools
+
+    now = time.time()
+    full = WorkflowRow(
+        "full", "flow", WorkflowStatus.RUNNING, "{}", "out", "err", "w1", now, now,
+        deadline_at=now + 60, wake_at=now + 30, wait_topic="t", queue="q", priority=3,
+        version="v1", forked_from="orig", forked_at=2,
+    )  # fmt: skip
+    assert store.create_workflow(full) == (full, True)
+    assert store.get_workflow("full") == full
+    bare = new_row("bare")
+    assert store.create_workflow(bare) == (bare, True)
+    assert store.get_workflow("bare") == bare
+    patterns = list(itertools.product([None, "x"], repeat=3))
+    for position, (output, error, fingerprint) in enumerate(patterns):
+        status = StepStatus.SUCCESS if error is None else StepStatus.ERROR
+        row = StepRow("bare", position, str(position), "s", status, output, error, now, now,
+                      attempts=position + 1, fingerprint=fingerprint)  # fmt: skip
+        with pytest.raises(OwnershipLost):
+            store.append_step(row, lease("w2"))
+        store.append_step(row, lease("w1"))
+        assert store.load_steps("bare")[-1] == row
+    assert len(store.load_steps("bare")) == len(patterns)
+    store.finish_workflow("bare", lease("w1"), WorkflowStatus.ERROR, None, "boom")
+    finished = store.get_workflow("bare")
+    assert finished is not None
+    assert (finished.status, finished.output, finished.error) == (
+        WorkflowStatus.ERROR, None, "boom",
+    )  # fmt: skip
+
+
 def test_finish_is_fenced_and_drops_ownership(store: Store) -> None:
     store.create_workflow(new_row("a", owner="w1"))
     with pytest.raises(OwnershipLost):

@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .._errors import StoreError
+from ._frozen import fast_init
 
 
 class WorkflowStatus(StrEnum):
@@ -94,6 +95,7 @@ class RateGrant:
     wait: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The right to write a workflow's journal: its owner and the claim's epoch."""
@@ -102,6 +104,7 @@ class Lease:
     epoch: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class WorkflowRow:
     """One workflow as stored. ``inputs``/``output``/``error`` are journal JSON text."""
@@ -136,6 +139,7 @@ class WorkflowRow:
         return None if self.owner is None else Lease(self.owner, self.epoch)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StepRow:
     """One journal entry: the outcome of the step with replay key ``key`` of a workflow.
@@ -159,6 +163,7 @@ class StepRow:
     fingerprint: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AttemptRow:
     """A failed attempt of a step that was (or is being) retried.
