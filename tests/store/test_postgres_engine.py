@@ -340,3 +340,38 @@ def test_the_default_clock_follows_the_database_server(
     with perdure.Engine(pg_url) as skewed:
         assert abs(skewed.clock.time() - real()) < 0.5
         assert abs(skewed.clock.time() - time.time() - 3600.0) < 0.5
+
+
+@perdure.workflow(name="pg_many_steps")
+def pg_many_steps(n: int) -> list[str]:
+    return [pg_charge(i) for i in range(n)]
+
+
+def test_journal_writes_reuse_one_cursor_per_connection(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's pooled connections keep one cursor for statements read at once
+    (``store._pg_base.run``): psycopg's ``Connection.execute`` would build a new cursor per
+    statement, a measured 18 µs of CPU on every journal write. Counted on the connection
+    that writes the journal (other threads' statements, heartbeats say, are not counted): a
+    40-step workflow opens at most one cursor there, and its journal is intact."""
+    from perdure.store._pg_base import KeptCursorConnection
+
+    opened: Counter[int] = Counter()
+    cursor = KeptCursorConnection.cursor
+
+    def counting(self: KeptCursorConnection, *args: Any, **kwargs: Any) -> Any:
+        opened[id(self)] += 1
+        return cursor(self, *args, **kwargs)
+
+    with perdure.Engine(pg_url) as engine:
+        engine.run(pg_many_steps, 2)  # the journal connection is taken by now
+        monkeypatch.setattr(KeptCursorConnection, "cursor", counting)
+        result = engine.run(pg_many_steps, 40, id="forty")
+        monkeypatch.setattr(KeptCursorConnection, "cursor", cursor)
+        journal = engine.store._journal  # type: ignore[attr-defined]
+        assert journal is not None, "no connection was kept for journal writes"
+        steps = engine.list_steps("forty")
+    assert result == [f"charged {i}" for i in range(40)]
+    assert [s.output for s in steps] == result
+    assert opened[id(journal)] <= 1, f"{opened[id(journal)]} cursors for 40 journal writes"

@@ -70,6 +70,31 @@ _NOW = "extract(epoch from clock_timestamp())::double precision"
 Conn = psycopg.Connection[Any]
 
 
+class KeptCursorConnection(psycopg.Connection[Any]):
+    """The store's pooled connections: each keeps one cursor for statements whose result is
+    read at once (:func:`run`). ``Connection.execute`` builds a new cursor every time (its
+    adapters map, transformer and row maker): about 18 µs of CPU, measured, next to a
+    journal write's 50 µs of driver work."""
+
+    _kept: psycopg.Cursor[Any] | None = None
+
+    def run(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+        """``execute`` on the kept cursor: read its result before the next statement on this
+        connection (which replaces it)."""
+        cursor = self._kept
+        if cursor is None or cursor.closed:
+            cursor = self._kept = self.cursor()
+        return cursor.execute(query, params)
+
+
+def run(conn: Conn, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+    """``conn.execute(query, params)``, on the connection's kept cursor when it has one: for
+    a statement whose rows or row count are read before the next statement."""
+    if isinstance(conn, KeptCursorConnection):
+        return conn.run(query, params)
+    return conn.execute(query, params)
+
+
 #: perdure's own query parameters in a PostgreSQL URL (libpq never sees them)
 URL_OPTIONS = frozenset({"schema", "pool_size", "outage_timeout"})
 
@@ -165,6 +190,7 @@ class PgBase:
             timeout=connect_timeout,
             open=False,
             name="perdure",
+            connection_class=KeptCursorConnection,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -308,13 +334,13 @@ class PgBase:
     def _rowcount(
         self, query: str, params: Any, settled: Callable[[Conn], Any] | None = None
     ) -> int:
-        return self._run(lambda c: c.execute(query, params).rowcount, settled)
+        return self._run(lambda c: run(c, query, params).rowcount, settled)
 
     def _fetchall(self, query: str, params: Any = None) -> list[Any]:
-        return self._run(lambda c: c.execute(query, params).fetchall())
+        return self._run(lambda c: run(c, query, params).fetchall())
 
     def _fetchone(self, query: str, params: Any = None) -> Any:
-        return self._run(lambda c: c.execute(query, params).fetchone())
+        return self._run(lambda c: run(c, query, params).fetchone())
 
     def _claiming(self, query: str, params: Any, failpoint: str) -> list[Any]:
         """The rows a claiming ``UPDATE ... RETURNING`` took, in a transaction of its own

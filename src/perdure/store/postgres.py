@@ -39,6 +39,7 @@ from ._pg_base import (
     TRANSIENT_SQLSTATES,
     Conn,
     _hold,
+    run,
     split_url,
     transient,
 )
@@ -58,6 +59,7 @@ from ._rows import (
     PG_STEP_MARKS,
     RESET_EVENT,
     RESET_STATUS,
+    STATUS_TEXT,
     STEP_COLUMNS,
     UNFINISHED,
     WF_COLUMNS,
@@ -107,7 +109,7 @@ def _append_params(row: StepRow, lease: Lease) -> dict[str, Any]:
     return {
         "wf": row.workflow_id, "owner": lease.owner, "epoch": lease.epoch,
         "position": row.position, "key": row.key, "name": row.name,
-        "status": row.status.value, "output": row.output, "error": row.error,
+        "status": STATUS_TEXT[row.status], "output": row.output, "error": row.error,
         "started_at": row.started_at, "finished_at": row.finished_at,
         "attempts": row.attempts, "fingerprint": row.fingerprint,
     }  # fmt: skip
@@ -137,7 +139,8 @@ class PostgresStore(PgWaiting, PgLimits, PgOwnership):
         written = self.codec.workflow_out(row)
 
         def create(conn: Conn) -> tuple[WorkflowRow, bool]:
-            cur = conn.execute(
+            cur = run(
+                conn,
                 f"INSERT INTO workflows ({WF_COLUMNS}) VALUES ({marks}) "
                 "ON CONFLICT (id) DO NOTHING",
                 workflow_values(written),
@@ -247,7 +250,7 @@ class PostgresStore(PgWaiting, PgLimits, PgOwnership):
                 _failpoints.hit("store.finish", conn)
             # one statement, so one round trip and its own transaction (a BEGIN, a second
             # UPDATE and a COMMIT were three more round trips for every workflow)
-            done = conn.execute(_FINISH_SQL, params).fetchone()
+            done = run(conn, _FINISH_SQL, params).fetchone()
             if done is None:
                 return 0
             if done[0] is not None:
@@ -365,7 +368,7 @@ class PostgresStore(PgWaiting, PgLimits, PgOwnership):
             if len(batch) == 1:
                 if _failpoints.ARMED:
                     _failpoints.hit("store.append_step", conn)
-                return [conn.execute(_APPEND_SQL, batch[0]).rowcount]
+                return [run(conn, _APPEND_SQL, batch[0]).rowcount]
             with conn.transaction(), conn.pipeline():
                 cursors = []
                 for params in batch:

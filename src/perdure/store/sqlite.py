@@ -29,7 +29,6 @@ from ._protocol import (
     OwnershipLost,
     QueueLimits,
     StepRow,
-    StepStatus,
     WorkerRow,
     WorkflowRow,
     WorkflowStatus,
@@ -40,6 +39,7 @@ from ._rows import (
     OWNED,
     RESET_STATUS,
     RUNNABLE,
+    STATUS_TEXT,
     STEP_COLUMNS,
     STEP_MARKS,
     UNFINISHED,
@@ -88,16 +88,10 @@ def _raised(outcomes: list[Any]) -> Any:
     return outcomes[0]
 
 
-#: a step status as the plain string sqlite3 binds without adapting it: given the StrEnum
-#: itself, sqlite3 looks for an adapter first (about 2,000 instructions of failed attribute
-#: lookups per parameter, more than ``.value``); a dict lookup is cheaper than both
-_STATUS_TEXT: dict[StepStatus, str] = {status: status.value for status in StepStatus}
-
-
 def _append_params(row: StepRow, lease: Lease) -> tuple[str, tuple[Any, ...]]:
     """The fenced INSERT of ``row`` and its parameters, None values written as NULL literals
     (see ``_nulls_inline``); the common case without building the pattern of Nones."""
-    output, status = row.output, _STATUS_TEXT[row.status]
+    output, status = row.output, STATUS_TEXT[row.status]
     if output is not None and row.error is None and row.fingerprint is None:
         return _APPEND_VALUE_SQL, (
             row.workflow_id, row.position, row.key, row.name, status, output, row.started_at,
