@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
@@ -150,7 +149,7 @@ class Engine(Recovery, EngineOperations):
         self.clock: Clock = clock or DatabaseClock()
         # Row timestamps (updated_at, heartbeats) are the database's time, whatever clock the
         # workflows get: a test's FakeClock jumps ahead, so comparisons with rows use this one.
-        self._database_clock = self.clock if isinstance(self.clock, DatabaseClock) \
+        self._database_clock = self.clock if type(self.clock) is DatabaseClock \
             else DatabaseClock()  # fmt: skip
         self.worker = this_worker()
         self._closing = threading.Event()
@@ -244,6 +243,8 @@ class Engine(Recovery, EngineOperations):
         timers set here must fire on time in a worker on another machine, whose own clock may
         be off, and row timestamps are compared with it."""
         self._database_clock.measure(self.store.database_time)
+        if isinstance(self.clock, DatabaseClock) and self.clock is not self._database_clock:
+            self.clock.measure(self.store.database_time)  # a subclass of it, given by the user
 
     def _release_all(self) -> None:
         assert self._store is not None
@@ -380,7 +381,7 @@ class Engine(Recovery, EngineOperations):
                 f"{exc.type_name}{exc.reason}; pass JSON data, dataclasses, enums or pydantic "
                 "models. Nothing was recorded."
             ) from None
-        now = time.time()
+        now = self._database_clock.time()  # row times are the database's (see __init__)
         deadline_at = None if spec.deadline is None else self.clock.time() + spec.deadline
         version = None if spec.fn is _defined_elsewhere else self.versions.of(spec)
         row = WorkflowRow(
@@ -491,7 +492,7 @@ class Engine(Recovery, EngineOperations):
         spec = registered(original.name)
         row, created = fork(
             self.store, workflow_id, from_step, new_id=new_id, replace_output=replace_output,
-            original=original,
+            original=original, now=self._database_clock.time(),
             owner=self.worker.id if spec is not None else None,
             version=self.versions.of(spec) if spec is not None else original.version,
             deadline_at=None if spec is None or spec.deadline is None

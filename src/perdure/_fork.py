@@ -46,6 +46,7 @@ def fork(
     version: str | None = None,
     deadline_at: float | None = None,
     original: WorkflowRow | None = None,
+    now: float | None = None,
 ) -> tuple[WorkflowRow, bool]:
     """Create the fork of ``workflow_id`` at journal position ``from_step``.
 
@@ -62,6 +63,8 @@ def fork(
         version: the code version the fork records (None: any worker may run it).
         deadline_at: the fork's deadline, by the engine's clock, or None.
         original: ``workflow_id``'s row, when the caller has read it already.
+        now: the fork row's creation time, on the database's clock (default: this
+            machine's clock).
 
     Returns:
         (the fork's row, created): not created when a fork with this id and this origin
@@ -95,7 +98,7 @@ def fork(
              if row.position < from_step]  # fmt: skip
     if replacing:
         steps.append(_replaced(at[from_step], fork_id, replace_output))
-    now = time.time()
+    now = time.time() if now is None else now
     row = WorkflowRow(
         fork_id, original.name,
         WorkflowStatus.RUNNING if owner is not None else WorkflowStatus.PENDING,

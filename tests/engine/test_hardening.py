@@ -28,6 +28,7 @@ import pytest
 import perdure
 from conftest import wait_until
 from perdure import _serialize
+from perdure._clock import DatabaseClock
 from perdure.store.sqlite import SQLiteStore
 from perdure.testing import FakeClock
 
@@ -570,5 +571,30 @@ def test_rev_a_sweep_under_a_fake_clock_does_not_release_a_workflow_being_starte
         handle = engine.start(rev_counted_flow, id="being-started")
         assert handle.result(timeout=10) == "counted"
         info = engine.get_workflow("being-started")
+    assert info.recoveries == 0, "the workflow was released while it was being started"
+    assert COUNTS["counted"] == 1
+
+
+def test_rev_a_database_clock_ahead_of_this_machine_does_not_make_a_new_workflow_stray(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same gap with the default clock, on a machine whose clock is an hour behind the
+    database's: the new row's times were this machine's (an hour old by the database's
+    clock, which the sweep uses), so it looked stray just the same. Rows are now created
+    with the database's time. The offset is pinned (measuring would find none here)."""
+    monkeypatch.setattr(DatabaseClock, "measure", lambda self, read: None)
+    with perdure.Engine(db_url, lease_seconds=0.5, heartbeat_interval=0.1,
+                        recovery_interval=0.1, shutdown_grace=0.1) as engine:  # fmt: skip
+        assert isinstance(engine.clock, DatabaseClock)
+        engine.clock.offset = 3600.0
+        launch = engine._runner.launch
+
+        def launch_after_a_sweep(*args: Any, **kwargs: Any) -> None:
+            engine.recover()
+            launch(*args, **kwargs)
+
+        monkeypatch.setattr(engine._runner, "launch", launch_after_a_sweep)
+        assert engine.run(rev_counted_flow, id="skewed", timeout=10) == "counted"
+        info = engine.get_workflow("skewed")
     assert info.recoveries == 0, "the workflow was released while it was being started"
     assert COUNTS["counted"] == 1

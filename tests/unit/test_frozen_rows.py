@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from typing import Any
 
 import pytest
@@ -45,6 +46,10 @@ def test_the_signature_is_the_dataclass_one(cls: type) -> None:
     plain = _plain_twin(cls)
     assert inspect.signature(cls) == inspect.signature(plain)
     assert cls.__init__.__qualname__ == f"{cls.__name__}.__init__"
+    assert cls.__init__.__module__ == cls.__module__
+    # its string annotations resolve in the class's module, as the generated one's did
+    hints = typing.get_type_hints(cls.__init__)
+    assert hints == {**typing.get_type_hints(cls), "return": type(None)}
 
 
 @pytest.mark.parametrize("cls", ROWS, ids=lambda c: c.__name__)

@@ -15,6 +15,7 @@ The function is generated from source, as :mod:`dataclasses` generates the one i
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -48,9 +49,18 @@ def fast_init(cls: type[T]) -> type[T]:
         namespace[f"_set_{index}"] = cls.__dict__[field.name].__set__
         body.append(f"    _set_{index}(self, {field.name})")
     signature = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])
-    source = f"def __init__({signature}):\n" + "\n".join(body or ["    pass"]) + "\n"
-    exec(source, namespace)  # noqa: S102 (generated from the field names, as dataclasses does)
-    init = namespace["__init__"]
+    # Built as dataclasses builds its own: a factory run in the class's module, so the new
+    # __init__ has that module's globals (typing.get_type_hints resolves its annotations)
+    # and gets the setters and defaults as closure variables, nothing added to the module.
+    lines = "\n".join(f"    {line}" for line in body) or "        pass"
+    source = (
+        f"def __create_init__({', '.join(namespace)}):\n"
+        f"  def __init__({signature}):\n{lines}\n"
+        "  return __init__\n"
+    )
+    made: dict[str, Any] = {}
+    exec(source, sys.modules[cls.__module__].__dict__, made)  # noqa: S102 (as dataclasses does)
+    init = made["__create_init__"](**namespace)
     original = cls.__init__
     init.__qualname__ = original.__qualname__
     init.__annotations__ = original.__annotations__

@@ -89,7 +89,9 @@ class KeptCursorConnection(psycopg.Connection[Any]):
 
 def run(conn: Conn, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
     """``conn.execute(query, params)``, on the connection's kept cursor when it has one: for
-    a statement whose rows or row count are read before the next statement."""
+    a statement whose row count or single row is read before the next statement. Reads of
+    many rows keep their own cursor (``_fetchall``): a kept cursor holds its last result
+    until the connection's next statement."""
     if isinstance(conn, KeptCursorConnection):
         return conn.run(query, params)
     return conn.execute(query, params)
@@ -337,10 +339,10 @@ class PgBase:
         return self._run(lambda c: run(c, query, params).rowcount, settled)
 
     def _fetchall(self, query: str, params: Any = None) -> list[Any]:
-        return self._run(lambda c: run(c, query, params).fetchall())
+        return self._run(lambda c: c.execute(query, params).fetchall())
 
     def _fetchone(self, query: str, params: Any = None) -> Any:
-        return self._run(lambda c: run(c, query, params).fetchone())
+        return self._run(lambda c: c.execute(query, params).fetchone())
 
     def _claiming(self, query: str, params: Any, failpoint: str) -> list[Any]:
         """The rows a claiming ``UPDATE ... RETURNING`` took, in a transaction of its own
