@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
@@ -36,7 +37,7 @@ from ._errors import (
     WorkflowNotFound,
     WorkflowStateError,
 )
-from ._fork import UNSET, fork
+from ._fork import UNSET, fork, fork_id_for
 from ._handle import WorkflowHandle
 from ._queues import Queue, resolve_queue
 from ._records import (
@@ -309,10 +310,11 @@ class Engine(Recovery, EngineOperations):
         store = self.store
         spec = _resolve_spec(fn)
         row, args, kwargs = self._new_row(spec, id, args, kwargs)
-        stored, created = store.create_workflow(row)
-        if created:
-            self._runner.launch(spec, stored, args, kwargs, fresh=True)
-        else:
+        with self._runner.launching(row.id):  # the stray sweep leaves it alone meanwhile
+            stored, created = store.create_workflow(row)
+            if created:
+                self._runner.launch(spec, stored, args, kwargs, fresh=True)
+        if not created:
             _same_run(stored, row)
             if not stored.status.finished and stored.owner is None:
                 self._claim_and_launch(row.id)  # released by a stopped engine: resume now
@@ -381,7 +383,7 @@ class Engine(Recovery, EngineOperations):
                 f"{exc.type_name}{exc.reason}; pass JSON data, dataclasses, enums or pydantic "
                 "models. Nothing was recorded."
             ) from None
-        now = self._database_clock.time()  # row times are the database's (see __init__)
+        now = time.time()
         deadline_at = None if spec.deadline is None else self.clock.time() + spec.deadline
         version = None if spec.fn is _defined_elsewhere else self.versions.of(spec)
         row = WorkflowRow(
@@ -490,17 +492,19 @@ class Engine(Recovery, EngineOperations):
         if original is None:
             raise WorkflowNotFound(workflow_id)
         spec = registered(original.name)
-        row, created = fork(
-            self.store, workflow_id, from_step, new_id=new_id, replace_output=replace_output,
-            original=original, now=self._database_clock.time(),
-            owner=self.worker.id if spec is not None else None,
-            version=self.versions.of(spec) if spec is not None else original.version,
-            deadline_at=None if spec is None or spec.deadline is None
-            else self.clock.time() + spec.deadline,
-        )  # fmt: skip
-        if created and spec is not None:
-            self._resume(row)
-        elif created:
+        fork_id = new_id if new_id is not None else fork_id_for(workflow_id)
+        with self._runner.launching(fork_id):  # owned once created: see start
+            row, created = fork(
+                self.store, workflow_id, from_step, new_id=fork_id,
+                replace_output=replace_output, original=original,
+                owner=self.worker.id if spec is not None else None,
+                version=self.versions.of(spec) if spec is not None else original.version,
+                deadline_at=None if spec is None or spec.deadline is None
+                else self.clock.time() + spec.deadline,
+            )  # fmt: skip
+            if created and spec is not None:
+                self._resume(row)
+        if created and spec is None:
             self._wake.set()
         return WorkflowHandle(self, row.id)
 

@@ -46,7 +46,6 @@ def fork(
     version: str | None = None,
     deadline_at: float | None = None,
     original: WorkflowRow | None = None,
-    now: float | None = None,
 ) -> tuple[WorkflowRow, bool]:
     """Create the fork of ``workflow_id`` at journal position ``from_step``.
 
@@ -63,8 +62,6 @@ def fork(
         version: the code version the fork records (None: any worker may run it).
         deadline_at: the fork's deadline, by the engine's clock, or None.
         original: ``workflow_id``'s row, when the caller has read it already.
-        now: the fork row's creation time, on the database's clock (default: this
-            machine's clock).
 
     Returns:
         (the fork's row, created): not created when a fork with this id and this origin
@@ -93,12 +90,12 @@ def fork(
             f"{len(journal)} entries (positions 0 to {end - 1}); see perdure show "
             f"{workflow_id}"
         )
-    fork_id = validate_workflow_id(new_id) if new_id is not None else _new_id(workflow_id)
+    fork_id = validate_workflow_id(new_id) if new_id is not None else fork_id_for(workflow_id)
     steps = [dataclasses.replace(row, workflow_id=fork_id) for row in journal
              if row.position < from_step]  # fmt: skip
     if replacing:
         steps.append(_replaced(at[from_step], fork_id, replace_output))
-    now = time.time() if now is None else now
+    now = time.time()
     row = WorkflowRow(
         fork_id, original.name,
         WorkflowStatus.RUNNING if owner is not None else WorkflowStatus.PENDING,
@@ -149,6 +146,7 @@ def _replaced(entry: StepRow, fork_id: str, value: Any) -> StepRow:
     )
 
 
-def _new_id(workflow_id: str) -> str:
+def fork_id_for(workflow_id: str) -> str:
+    """A new fork id for ``workflow_id``: ``<id>-fork-<8 hex digits>``, within 255 chars."""
     suffix = f"-fork-{uuid.uuid4().hex[:8]}"
     return validate_workflow_id(workflow_id[: 255 - len(suffix)] + suffix)

@@ -198,7 +198,7 @@ class Recovery:
         for row in self.store.owned(self.worker.id):
             lease = row.lease
             if (row.status is WorkflowStatus.RUNNING and row.updated_at < cutoff
-                    and lease is not None and self._runner.local(row.id) is None):  # fmt: skip
+                    and lease is not None and not self._runner.held(row.id)):  # fmt: skip
                 log.warning("perdure: workflow %r was held but not run here; releasing it", row.id)
                 self._give_back(row.id, lease)
 

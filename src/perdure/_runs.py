@@ -14,8 +14,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -106,6 +108,8 @@ class Runner:
         #: the loop's group commit of async workflows' journal entries (set by ``start``)
         self._commits: LoopCommits | None = None
         self._runs: dict[str, Run] = {}
+        #: workflows whose owned row is being committed here, their run not yet registered
+        self._launching: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.on_suspend: Callable[[], None] | None = None
         #: called when a run ends (a slot is free), with whether it was taken from a queue
@@ -175,6 +179,25 @@ class Runner:
         """The run of this workflow in this engine, if any."""
         with self._lock:
             return self._runs.get(workflow_id)
+
+    @contextmanager
+    def launching(self, workflow_id: str) -> Iterator[None]:
+        """While the block runs, ``workflow_id`` counts as run here (:meth:`held`): around a
+        start that commits a row owned by this engine and then registers its run."""
+        with self._lock:
+            self._launching[workflow_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._launching[workflow_id] -= 1
+                if not self._launching[workflow_id]:
+                    del self._launching[workflow_id]
+
+    def held(self, workflow_id: str) -> bool:
+        """Whether this engine runs ``workflow_id`` or is about to (see :meth:`launching`)."""
+        with self._lock:
+            return workflow_id in self._runs or workflow_id in self._launching
 
     def signal_cancel(self, workflow_id: str) -> None:
         """Make a local run stop at its next step boundary (and cancel its awaited step)."""

@@ -579,9 +579,11 @@ def test_rev_a_database_clock_ahead_of_this_machine_does_not_make_a_new_workflow
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same gap with the default clock, on a machine whose clock is an hour behind the
-    database's: the new row's times were this machine's (an hour old by the database's
-    clock, which the sweep uses), so it looked stray just the same. Rows are now created
-    with the database's time. The offset is pinned (measuring would find none here)."""
+    database's: the new row's times are this machine's (an hour old by the database's
+    clock, which the sweep uses), so it looked stray just the same. A start now marks its
+    workflow as being launched here until its run is registered, and the sweep leaves
+    such workflows alone whatever their times. The offset is pinned (measuring would find
+    none here)."""
     monkeypatch.setattr(DatabaseClock, "measure", lambda self, read: None)
     with perdure.Engine(db_url, lease_seconds=0.5, heartbeat_interval=0.1,
                         recovery_interval=0.1, shutdown_grace=0.1) as engine:  # fmt: skip
