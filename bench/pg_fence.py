@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 
 import perdure
+from step_overhead import chain  # the same 1,000 trivial steps
 
 BASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 COLUMNS = ("workflow_id", "key", "position", "name", "status", "output", "error", "started_at",
@@ -53,19 +54,6 @@ STATEMENTS = {
     "row, fence without lock": f"WITH owned AS ({_CHECK}) {_FENCED_INSERT}",
     "row, fenced": f"WITH owned AS ({_CHECK} FOR SHARE) {_FENCED_INSERT}",
 }
-
-
-@perdure.step(name="fence_inc")
-def inc(x: int) -> int:
-    return x + 1
-
-
-@perdure.workflow(name="fence_chain")
-def chain(n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = inc(x)
-    return x
 
 
 class Bench:

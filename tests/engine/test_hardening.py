@@ -536,15 +536,16 @@ def test_rev_dataclass_field_added_with_default_factory_is_set_on_replay() -> No
 # -- 14. a recovery sweep between a workflow's creation and its run's registration ----------
 
 
-@perdure.step(name="rev_counted")
-def rev_counted() -> str:
-    COUNTS["counted"] += 1
-    return "counted"
+def _sweep_before_launch(engine: perdure.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every launch of ``engine`` run a recovery sweep first: the sweep then lands
+    between a new workflow's row commit and its run's registration, deterministically."""
+    launch = engine._runner.launch
 
+    def launch_after_a_sweep(*args: Any, **kwargs: Any) -> None:
+        engine.recover()
+        launch(*args, **kwargs)
 
-@perdure.workflow(name="rev_counted_flow")
-def rev_counted_flow() -> str:
-    return rev_counted()
+    monkeypatch.setattr(engine._runner, "launch", launch_after_a_sweep)
 
 
 def test_rev_a_sweep_under_a_fake_clock_does_not_release_a_workflow_being_started(
@@ -555,24 +556,16 @@ def test_rev_a_sweep_under_a_fake_clock_does_not_release_a_workflow_being_starte
     than a lease. It compared the rows' database time with the workflows' clock, which a
     FakeClock had moved a day ahead: the new row looked a day old and was released, the
     launched run was fenced off at its first write, and a second run took the workflow over
-    (the model-based test saw a failed attempt vanish from the journal this way). The sweep
-    is placed in that gap deterministically by wrapping the runner's ``launch``."""
+    (the model-based test saw a failed attempt vanish from the journal this way)."""
     clock = FakeClock()
     clock.advance(86_400)
     with perdure.Engine(db_url, clock=clock, lease_seconds=0.5, heartbeat_interval=0.1,
                         recovery_interval=0.1, shutdown_grace=0.1) as engine:  # fmt: skip
-        launch = engine._runner.launch
-
-        def launch_after_a_sweep(*args: Any, **kwargs: Any) -> None:
-            engine.recover()
-            launch(*args, **kwargs)
-
-        monkeypatch.setattr(engine._runner, "launch", launch_after_a_sweep)
-        handle = engine.start(rev_counted_flow, id="being-started")
-        assert handle.result(timeout=10) == "counted"
+        _sweep_before_launch(engine, monkeypatch)
+        assert engine.run(rev_commit_flow, id="being-started", timeout=10) == "value"
         info = engine.get_workflow("being-started")
     assert info.recoveries == 0, "the workflow was released while it was being started"
-    assert COUNTS["counted"] == 1
+    assert COUNTS["once"] == 1
 
 
 def test_rev_a_database_clock_ahead_of_this_machine_does_not_make_a_new_workflow_stray(
@@ -589,14 +582,8 @@ def test_rev_a_database_clock_ahead_of_this_machine_does_not_make_a_new_workflow
                         recovery_interval=0.1, shutdown_grace=0.1) as engine:  # fmt: skip
         assert isinstance(engine.clock, DatabaseClock)
         engine.clock.offset = 3600.0
-        launch = engine._runner.launch
-
-        def launch_after_a_sweep(*args: Any, **kwargs: Any) -> None:
-            engine.recover()
-            launch(*args, **kwargs)
-
-        monkeypatch.setattr(engine._runner, "launch", launch_after_a_sweep)
-        assert engine.run(rev_counted_flow, id="skewed", timeout=10) == "counted"
+        _sweep_before_launch(engine, monkeypatch)
+        assert engine.run(rev_commit_flow, id="skewed", timeout=10) == "value"
         info = engine.get_workflow("skewed")
     assert info.recoveries == 0, "the workflow was released while it was being started"
-    assert COUNTS["counted"] == 1
+    assert COUNTS["once"] == 1
