@@ -587,3 +587,33 @@ def test_rev_a_database_clock_ahead_of_this_machine_does_not_make_a_new_workflow
         info = engine.get_workflow("skewed")
     assert info.recoveries == 0, "the workflow was released while it was being started"
     assert COUNTS["once"] == 1
+
+
+@perdure.workflow(name="rev_waits_for_go")
+def rev_waits_for_go() -> str:
+    return f"{perdure.receive('go')}/{rev_once()}"
+
+
+def test_rev_a_wake_up_under_a_fake_clock_behind_real_time_is_not_released(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A waiting workflow woken by a message is claimed (row RUNNING, owned here) and then
+    launched; the claim stamped the row with the workflows' clock. A FakeClock does not
+    move with real time, so the stamp was an hour old by the database's clock and a sweep
+    between the claim and the launch released the workflow: its run and a second run both
+    went on (the model-based test saw a saga's compensation run twice). The claim now
+    stamps the database's time. (Here the released run is fenced off at its first write,
+    consuming the message, before any body runs; the release itself is the fault.)"""
+    clock = FakeClock(start=time.time() - 3600)
+    with perdure.Engine(db_url, clock=clock, lease_seconds=0.5, heartbeat_interval=0.1,
+                        recovery_interval=0.1, shutdown_grace=0.1, poll_interval=0.05,
+                        suspend_after=0) as engine:  # fmt: skip
+        handle = engine.start(rev_waits_for_go, id="woken")  # unloaded at once (suspend_after)
+        wait_until(lambda: engine.get_workflow("woken").status is perdure.WorkflowStatus.WAITING)
+        _sweep_before_launch(engine, monkeypatch)
+        with perdure.Engine(db_url, recover=False) as client:  # another process's send:
+            client.send("woken", "go", "go")  # the worker's waker claims the workflow
+        assert handle.result(timeout=10) == "go/value"
+    released = [r.getMessage() for r in caplog.records if "held but not run" in r.getMessage()]
+    assert not released, released
+    assert COUNTS["once"] == 1

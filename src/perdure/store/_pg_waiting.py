@@ -58,7 +58,7 @@ class PgWaiting(PgBase):
         # workflow has wake_at = 0 (see request_cancel), so it is a due timer.
         query = (
             "UPDATE workflows SET owner = %(me)s, status = 'RUNNING', epoch = epoch + 1, "
-            "wake_at = NULL, wait_topic = NULL, updated_at = %(now)s WHERE id IN ("
+            f"wake_at = NULL, wait_topic = NULL, updated_at = {_NOW} WHERE id IN ("
             "SELECT id FROM workflows WHERE status = 'WAITING' "
             f"AND name = ANY(%(names)s::text[]){runnable} AND id IN ("
             "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= %(now)s "

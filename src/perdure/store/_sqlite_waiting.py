@@ -46,7 +46,10 @@ class SQLiteWaiting(SQLiteBase):
         cancelled."""
         if not names:
             return []
-        params: dict[str, Any] = {"me": worker_id, "now": now, "limit": limit}
+        # ``now`` is the workflows' clock (due timers); the row's update time is the
+        # database's, as everywhere (the stray sweep compares it with the database's clock)
+        params: dict[str, Any] = {"me": worker_id, "now": now, "limit": limit,
+                                  "stamp": time.time()}  # fmt: skip
         wanted = _named_list(params, "name", names)
         runnable = versions_sql(params, versions, "version", _mark)
         runnable_w = versions_sql(params, versions, "w.version", _mark)
@@ -55,7 +58,7 @@ class SQLiteWaiting(SQLiteBase):
         # wake_at = 0 (see request_cancel), so it is a due timer.
         sql = (
             "UPDATE workflows SET owner = :me, status = 'RUNNING', epoch = epoch + 1, "
-            "wake_at = NULL, wait_topic = NULL, updated_at = :now WHERE id IN ("
+            "wake_at = NULL, wait_topic = NULL, updated_at = :stamp WHERE id IN ("
             "SELECT id FROM workflows WHERE status = 'WAITING' AND wake_at <= :now "
             f"AND name IN ({wanted}){runnable} "
             "UNION SELECT m.workflow_id FROM messages m WHERE m.consumed_by IS NULL AND EXISTS "
