@@ -3,9 +3,11 @@
 Run from the repository root (``make bench-growth``)::
 
     python bench/growth.py [--backends sqlite,postgres] [--url postgresql://postgres@127.0.0.1:5432]
+                           [--only length,history,concurrency,size] [--durability full|normal]
 
-Three measurements, each on a fresh database per backend (a SQLite file beside the repository,
-``durability="full"``; a fresh PostgreSQL database ``growth_perdure``):
+Four measurements, each on a fresh database per backend (a SQLite file beside the repository,
+``durability="full"`` unless ``--durability normal``, which takes the fsyncs out; a fresh
+PostgreSQL database ``growth_perdure``):
 
 1. **Workflow length**: one sync workflow of N trivial steps (N = 10, 100, 1,000, 10,000), run
    with ``engine.run``; wall and CPU per step. Flat means the per-step cost does not depend on
@@ -20,7 +22,9 @@ Three measurements, each on a fresh database per backend (a SQLite file beside t
 4. **Steps per workflow**: 400 sync workflows of S steps (S = 0, 1, 5, 10, 20), one at a time
    and 50 at a time; process CPU per workflow, and a least-squares line through it: the CPU
    a workflow costs whatever its steps (start, first run, outcome) and the CPU of one more
-   step. What bounds a process's throughput once group commit has removed the fsyncs.
+   step, and the process's context switches per workflow (voluntary and involuntary, from
+   ``getrusage``): what a thread hand-off costs shows there. What bounds a process's
+   throughput once group commit has removed the fsyncs.
 
 Prints one table per measurement; always exits 0 (a benchmark, not a test).
 """
@@ -28,6 +32,7 @@ Prints one table per measurement; always exits 0 (a benchmark, not a test).
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import sys
 import tempfile
@@ -41,6 +46,16 @@ from typing import Any
 import perdure
 
 REPO = Path(__file__).resolve().parent.parent
+#: SQLite's durability for every engine opened here (``--durability``)
+DURABILITY = "full"
+MEASUREMENTS = ("length", "history", "concurrency", "size")
+
+
+def open_engine(db: str, **options: Any) -> perdure.Engine:
+    """An engine on ``db``, with ``--durability`` when it is a SQLite database."""
+    if db.startswith("sqlite"):
+        options["durability"] = DURABILITY
+    return perdure.Engine(db, **options)
 
 
 @perdure.step(name="g.inc")
@@ -104,7 +119,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 def by_length(db: str) -> list[tuple[str, ...]]:
     rows = []
-    with perdure.Engine(db) as engine:
+    with open_engine(db) as engine:
         engine.run(chain, 200)  # warm-up
         for n in (10, 100, 1000, 10_000):
             wall, cpu = timed(lambda n=n: engine.run(chain, n))  # type: ignore[misc]
@@ -114,7 +129,7 @@ def by_length(db: str) -> list[tuple[str, ...]]:
 
 def by_history(db: str) -> list[tuple[str, ...]]:
     rows = []
-    with perdure.Engine(db, suspend_after=0.0) as engine:
+    with open_engine(db, suspend_after=0.0) as engine:
         for n in (10, 100, 1000, 10_000):
             handle = engine.start(pause, n)
             deadline = time.monotonic() + 300
@@ -133,7 +148,7 @@ def by_history(db: str) -> list[tuple[str, ...]]:
 
 def by_concurrency(db: str, workflows: int) -> list[tuple[str, ...]]:
     rows = []
-    with perdure.Engine(db, max_threads=128) as engine:
+    with open_engine(db, max_threads=128) as engine:
         group = getattr(engine.store, "_group", None)
         for flow, label in ((chain, "sync"), (achain, "async")):
             engine.run(flow, 10)
@@ -157,7 +172,7 @@ def by_concurrency(db: str, workflows: int) -> list[tuple[str, ...]]:
 
 def by_workflow_size(db: str, workflows: int) -> list[tuple[str, ...]]:
     rows = []
-    with perdure.Engine(db, max_threads=128) as engine:
+    with open_engine(db, max_threads=128) as engine:
         engine.run(chain, 10)
         for c in (1, 50):
             points: list[tuple[int, float]] = []
@@ -169,13 +184,22 @@ def by_workflow_size(db: str, workflows: int) -> list[tuple[str, ...]]:
                     assert done == [size] * workflows
 
                 run()  # warm-up at this size
+                before = _switches()
                 wall, cpu = timed(run)
+                switches = (_switches() - before) / workflows
                 points.append((size, cpu / workflows * 1e6))
-                rows.append((str(c), str(size), f"{workflows / wall:,.0f}",
-                             f"{cpu / workflows * 1e6:,.0f}", "", ""))  # fmt: skip
+                per_workflow = f"{cpu / workflows * 1e6:,.0f}"
+                rows.append((str(c), str(size), f"{workflows / wall:,.0f}", per_workflow,
+                             f"{switches:.1f}", "", ""))  # fmt: skip
             fixed, per_step = _line(points)
-            rows.append((str(c), "fit", "", "", f"{fixed:,.0f}", f"{per_step:.1f}"))
+            rows.append((str(c), "fit", "", "", "", f"{fixed:,.0f}", f"{per_step:.1f}"))
     return rows
+
+
+def _switches() -> int:
+    """This process's context switches so far, voluntary and involuntary."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -204,27 +228,41 @@ def main() -> int:
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--workflows", type=int, default=400)
     parser.add_argument("--dir", type=Path, default=None, help="where SQLite files go")
+    parser.add_argument("--only", default=",".join(MEASUREMENTS), help="which measurements")
+    parser.add_argument("--durability", choices=("full", "normal"), default="full",
+                        help="SQLite's durability (normal: no fsync per commit)")  # fmt: skip
     args = parser.parse_args()
+    global DURABILITY
+    DURABILITY = args.durability
+    only = set(args.only.split(","))
+    if only - set(MEASUREMENTS):
+        parser.error(f"--only takes {', '.join(MEASUREMENTS)}")
     folder = Path(tempfile.mkdtemp(prefix="perdure-growth-", dir=args.dir or REPO.parent))
     try:
         for backend in args.backends.split(","):
-            print(f"\n=== {backend} (python {sys.version.split()[0]}) ===")
-            with database(backend, args.url, folder) as db:
-                table("workflow length: one workflow of N sequential steps",
-                      ("steps", "wall us/step", "CPU us/step"), by_length(db))  # fmt: skip
-            with database(backend, args.url, folder) as db:
-                head = ("history", "send→end ms", "us per replayed step")
-                table("history size: resume after N journaled steps (replay)", head,
-                      by_history(db))  # fmt: skip
-            with database(backend, args.url, folder) as db:
-                table(f"concurrency: {args.workflows} workflows x 10 steps, C at a time",
-                      ("kind", "C", "steps/s", "workflows/s", "CPU us/step", "entries/commit"),
-                      by_concurrency(db, args.workflows))  # fmt: skip
-            with database(backend, args.url, folder) as db:
-                table(f"steps per workflow: {args.workflows} sync workflows of S steps, C at "
-                      "a time", ("C", "S", "workflows/s", "CPU us/workflow",
-                                 "fit: us/workflow", "fit: us/step"),
-                      by_workflow_size(db, args.workflows))  # fmt: skip
+            note = f", durability={args.durability}" if backend == "sqlite" else ""
+            print(f"\n=== {backend}{note} (python {sys.version.split()[0]}) ===")
+            if "length" in only:
+                with database(backend, args.url, folder) as db:
+                    table("workflow length: one workflow of N sequential steps",
+                          ("steps", "wall us/step", "CPU us/step"), by_length(db))  # fmt: skip
+            if "history" in only:
+                with database(backend, args.url, folder) as db:
+                    head = ("history", "send→end ms", "us per replayed step")
+                    table("history size: resume after N journaled steps (replay)", head,
+                          by_history(db))  # fmt: skip
+            if "concurrency" in only:
+                with database(backend, args.url, folder) as db:
+                    table(f"concurrency: {args.workflows} workflows x 10 steps, C at a time",
+                          ("kind", "C", "steps/s", "workflows/s", "CPU us/step",
+                           "entries/commit"), by_concurrency(db, args.workflows))  # fmt: skip
+            if "size" in only:
+                with database(backend, args.url, folder) as db:
+                    table(f"steps per workflow: {args.workflows} sync workflows of S steps, C "
+                          "at a time", ("C", "S", "workflows/s", "CPU us/workflow",
+                                        "switches/workflow", "fit: us/workflow",
+                                        "fit: us/step"),
+                          by_workflow_size(db, args.workflows))  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print("\n(medians are not taken: one run per cell; compare within a run)")
