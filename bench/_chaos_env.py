@@ -1,15 +1,26 @@
-"""The chaos run's account of itself (``bench/chaos.py``): the machine, and which perdure code
-runs, the work tree or a snapshot of a commit (``--perdure-ref``)."""
+"""The chaos run's account of itself (``bench/chaos.py``): the machine, the server and the
+parameters it prints first, and which perdure code runs, the work tree or a snapshot of a
+commit (``--perdure-ref``)."""
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import io
 import os
+import platform
+import shlex
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+import psycopg
+
+import perdure
+from _chaos_faults import libpq_url
+from _common import cpu_model
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -69,3 +80,34 @@ def git_revision() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "no git"
     return f"commit {rev}" + (", src/ modified" if dirty else "") if rev else "no git"
+
+
+def describe(
+    opts: argparse.Namespace, url: str, schema: str, restart: list[str] | None, folder: Path
+) -> None:
+    """The machine, the server, the parameters and how to repeat the run (``url``: the
+    database with its ``?schema=``; ``restart``: the server's restart command, if any)."""
+    with psycopg.connect(libpq_url(url), connect_timeout=5) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    print("perdure chaos run")
+    print(f"  date        {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
+    print(f"  machine     {cpu_model()}, {os.cpu_count()} logical CPUs, {memory()} RAM")
+    print(f"  postgresql  {row[0] if row else '?'} at {libpq_url(url)}, schema {schema}")
+    print(
+        f"  python      {platform.python_version()}, perdure {perdure.__version__} "
+        f"({perdure_source()}; imported from {Path(perdure.__file__).parent})"
+    )
+    print(
+        f"  workload    {opts.workflows} workflows x {opts.steps} steps over {opts.duration:g} s, "
+        f"{opts.workers} workers (lease {opts.lease:g} s, heartbeat {opts.heartbeat:g} s, "
+        f"recovery every {opts.recovery_interval:g} s, {opts.max_threads} threads)"
+    )
+    kill = "every {:g}-{:g} s".format(*opts.kill_every) if opts.kill_every else "never"
+    restart = "every {:g}-{:g} s".format(*opts.restart_every) if opts.restart_every else "never"
+    print(
+        f"  faults      kill {kill}, restart {restart} "
+        f"({shlex.join(restart) if restart else 'no command'}), "
+        f"freeze {'on' if opts.freeze else 'off'}, seed {opts.seed}"
+    )
+    print(f"  folder      {folder}")
+    print(f"  repeat with {shlex.join([sys.argv[0], *sys.argv[1:]])}  (same --seed)", flush=True)

@@ -76,12 +76,9 @@ All processes run on one machine, so these clocks agree to within a few millisec
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
-import platform
 import random
-import shlex
 import shutil
 import sys
 import tempfile
@@ -107,7 +104,7 @@ from _chaos_checks import (
     sample,
     stale_commits,
 )
-from _chaos_env import SNAPSHOT_DIR, memory, perdure_source, rerun_on_snapshot
+from _chaos_env import SNAPSHOT_DIR, describe, rerun_on_snapshot
 from _chaos_faults import (
     Database,
     Feed,
@@ -121,7 +118,6 @@ from _chaos_faults import (
     with_schema,
 )
 from _chaos_worker import QUEUE, chaos_flow
-from _common import cpu_model
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -518,36 +514,6 @@ def verdict(chaos: Chaos, stop_failures: list[str]) -> Table:
 # -- the program -----------------------------------------------------------------------------
 
 
-def describe(opts: argparse.Namespace, setup: Setup) -> None:
-    """The machine, the server, the parameters and how to repeat the run."""
-    with psycopg.connect(libpq_url(setup.url), connect_timeout=5) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-    print("perdure chaos run")
-    print(f"  date        {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
-    print(f"  machine     {cpu_model()}, {os.cpu_count()} logical CPUs, {memory()} RAM")
-    print(
-        f"  postgresql  {row[0] if row else '?'} at {libpq_url(setup.url)}, schema {setup.schema}"
-    )
-    print(
-        f"  python      {platform.python_version()}, perdure {perdure.__version__} "
-        f"({perdure_source()}; imported from {Path(perdure.__file__).parent})"
-    )
-    print(
-        f"  workload    {opts.workflows} workflows x {opts.steps} steps over {opts.duration:g} s, "
-        f"{opts.workers} workers (lease {opts.lease:g} s, heartbeat {opts.heartbeat:g} s, "
-        f"recovery every {opts.recovery_interval:g} s, {opts.max_threads} threads)"
-    )
-    kill = "every {:g}-{:g} s".format(*opts.kill_every) if opts.kill_every else "never"
-    restart = "every {:g}-{:g} s".format(*opts.restart_every) if opts.restart_every else "never"
-    print(
-        f"  faults      kill {kill}, restart {restart} "
-        f"({shlex.join(setup.restart) if setup.restart else 'no command'}), "
-        f"freeze {'on' if opts.freeze else 'off'}, seed {opts.seed}"
-    )
-    print(f"  folder      {setup.folder}")
-    print(f"  repeat with {shlex.join([sys.argv[0], *sys.argv[1:]])}  (same --seed)", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run, check, print the table; 0 without violations, 1 with, 2 if it could not run."""
     opts = parse(argv)
@@ -569,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING,
         format="%(asctime)s %(threadName)s %(levelname)s %(name)s %(message)s",
     )
-    describe(opts, setup)
+    describe(opts, setup.url, setup.schema, setup.restart, setup.folder)
     started = time.monotonic()
     client = perdure.Engine(setup.url, recover=False, shutdown_grace=0.5)
     chaos = Chaos(opts, setup, client)
