@@ -20,22 +20,12 @@ import psycopg
 
 import perdure
 from _chaos_faults import libpq_url
-from _common import cpu_model
+from _common import cpu_model, memory_total
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 SNAPSHOT_DIR, SNAPSHOT_LABEL = "PERDURE_CHAOS_SNAPSHOT", "PERDURE_CHAOS_SOURCE"
 CHAOS = BENCH / "chaos.py"
-
-
-def memory() -> str:
-    """Total RAM from /proc/meminfo, in GiB."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as info:
-            kib = int(info.readline().split()[1])
-        return f"{kib / 2**20:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        return "unknown"
 
 
 def perdure_source() -> str:
@@ -91,7 +81,7 @@ def describe(
         row = conn.execute("SHOW server_version").fetchone()
     print("perdure chaos run")
     print(f"  date        {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
-    print(f"  machine     {cpu_model()}, {os.cpu_count()} logical CPUs, {memory()} RAM")
+    print(f"  machine     {cpu_model()}, {os.cpu_count()} logical CPUs, {memory_total()} RAM")
     print(f"  postgresql  {row[0] if row else '?'} at {libpq_url(url)}, schema {schema}")
     print(
         f"  python      {platform.python_version()}, perdure {perdure.__version__} "

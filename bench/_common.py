@@ -30,6 +30,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def memory_total() -> str:
+    """The machine's total RAM, as /proc/meminfo gives it, in GiB ("unknown" elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemTotal:"):
+                    return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
 def filesystem(path: Path | str) -> str:
     """The device and filesystem type holding ``path`` (Linux: from /proc/mounts)."""
     best = ("", "unknown", "unknown")

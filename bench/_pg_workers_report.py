@@ -10,7 +10,7 @@ import statistics
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from _common import cpu_model
+from _common import cpu_model, memory_total
 
 if TYPE_CHECKING:
     from _pg_workers_run import Server
@@ -34,7 +34,7 @@ def describe(server: Server, peer: dict[str, str], perdure_source: str) -> None:
     settings = server.settings()
     print("perdure vs DBOS Transact on PostgreSQL")
     print(f"  date        {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"  machine     {cpu_model()}, {os.cpu_count()} logical cores, {memory_gb()} memory")
+    print(f"  machine     {cpu_model()}, {os.cpu_count()} logical cores, {memory_total()} memory")
     print(f"  postgresql  {server.one('SHOW server_version')} at {server.base}")
     print("              " + " ".join(f"{k}={v}" for k, v in sorted(settings.items())))
     print(
@@ -164,17 +164,3 @@ def report_errors(groups: list[tuple[str, list[str]]], elsewhere: int, restarted
     print(f"errors ({len(errors)}; a failed run was tried once more, and only a good run counts):")
     for label, error in errors:
         print(f"  {label}: {error}")
-
-
-# -- the machine -----------------------------------------------------------------------------
-
-
-def memory_gb() -> str:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as info:
-            for line in info:
-                if line.startswith("MemTotal:"):
-                    return f"{int(line.split()[1]) / 1024**2:.0f} GiB"
-    except (OSError, ValueError):
-        pass
-    return "? GiB"

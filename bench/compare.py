@@ -56,7 +56,7 @@ PROJECT_PYTHON = REPO / ".venv" / "bin" / "python"
 if __name__ == "__main__" and PROJECT_PYTHON.exists() and Path(sys.prefix) != REPO / ".venv":
     os.execv(str(PROJECT_PYTHON), [str(PROJECT_PYTHON), *sys.argv])
 
-from _common import cpu_model, filesystem  # noqa: E402 (after the re-exec)
+from _common import cpu_model, filesystem, memory_total  # noqa: E402 (after the re-exec)
 from _compare_report import report  # noqa: E402
 
 PEER_VENV = BENCH / ".peers" / ".venv"
@@ -203,17 +203,6 @@ def probe_packages(python: Path | str) -> dict[str, str]:
     except ValueError:
         return {"error": out.stderr.strip()[-300:]}
     return found
-
-
-def memory_total() -> str:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("MemTotal:"):
-                    return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    return "?"
 
 
 def git_commit() -> str:

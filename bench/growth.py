@@ -46,15 +46,13 @@ from typing import Any
 import perdure
 
 REPO = Path(__file__).resolve().parent.parent
-#: SQLite's durability for every engine opened here (``--durability``)
-DURABILITY = "full"
 MEASUREMENTS = ("length", "history", "concurrency", "size")
 
 
-def open_engine(db: str, **options: Any) -> perdure.Engine:
-    """An engine on ``db``, with ``--durability`` when it is a SQLite database."""
+def open_engine(db: str, durability: str, **options: Any) -> perdure.Engine:
+    """An engine on ``db``, with ``durability`` (``--durability``) if it is a SQLite one."""
     if db.startswith("sqlite"):
-        options["durability"] = DURABILITY
+        options["durability"] = durability
     return perdure.Engine(db, **options)
 
 
@@ -117,9 +115,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def by_length(db: str) -> list[tuple[str, ...]]:
+def by_length(db: str, durability: str) -> list[tuple[str, ...]]:
     rows = []
-    with open_engine(db) as engine:
+    with open_engine(db, durability) as engine:
         engine.run(chain, 200)  # warm-up
         for n in (10, 100, 1000, 10_000):
             wall, cpu = timed(lambda n=n: engine.run(chain, n))  # type: ignore[misc]
@@ -127,9 +125,9 @@ def by_length(db: str) -> list[tuple[str, ...]]:
     return rows
 
 
-def by_history(db: str) -> list[tuple[str, ...]]:
+def by_history(db: str, durability: str) -> list[tuple[str, ...]]:
     rows = []
-    with open_engine(db, suspend_after=0.0) as engine:
+    with open_engine(db, durability, suspend_after=0.0) as engine:
         for n in (10, 100, 1000, 10_000):
             handle = engine.start(pause, n)
             deadline = time.monotonic() + 300
@@ -146,9 +144,9 @@ def by_history(db: str) -> list[tuple[str, ...]]:
     return rows
 
 
-def by_concurrency(db: str, workflows: int) -> list[tuple[str, ...]]:
+def by_concurrency(db: str, durability: str, workflows: int) -> list[tuple[str, ...]]:
     rows = []
-    with open_engine(db, max_threads=128) as engine:
+    with open_engine(db, durability, max_threads=128) as engine:
         group = getattr(engine.store, "_group", None)
         for flow, label in ((chain, "sync"), (achain, "async")):
             engine.run(flow, 10)
@@ -170,9 +168,9 @@ def by_concurrency(db: str, workflows: int) -> list[tuple[str, ...]]:
     return rows
 
 
-def by_workflow_size(db: str, workflows: int) -> list[tuple[str, ...]]:
+def by_workflow_size(db: str, durability: str, workflows: int) -> list[tuple[str, ...]]:
     rows = []
-    with open_engine(db, max_threads=128) as engine:
+    with open_engine(db, durability, max_threads=128) as engine:
         engine.run(chain, 10)
         for c in (1, 50):
             points: list[tuple[int, float]] = []
@@ -232,8 +230,7 @@ def main() -> int:
     parser.add_argument("--durability", choices=("full", "normal"), default="full",
                         help="SQLite's durability (normal: no fsync per commit)")  # fmt: skip
     args = parser.parse_args()
-    global DURABILITY
-    DURABILITY = args.durability
+    durability = args.durability
     only = set(args.only.split(","))
     if only - set(MEASUREMENTS):
         parser.error(f"--only takes {', '.join(MEASUREMENTS)}")
@@ -245,24 +242,26 @@ def main() -> int:
             if "length" in only:
                 with database(backend, args.url, folder) as db:
                     table("workflow length: one workflow of N sequential steps",
-                          ("steps", "wall us/step", "CPU us/step"), by_length(db))  # fmt: skip
+                          ("steps", "wall us/step", "CPU us/step"),
+                          by_length(db, durability))  # fmt: skip
             if "history" in only:
                 with database(backend, args.url, folder) as db:
                     head = ("history", "send→end ms", "us per replayed step")
                     table("history size: resume after N journaled steps (replay)", head,
-                          by_history(db))  # fmt: skip
+                          by_history(db, durability))  # fmt: skip
             if "concurrency" in only:
                 with database(backend, args.url, folder) as db:
                     table(f"concurrency: {args.workflows} workflows x 10 steps, C at a time",
                           ("kind", "C", "steps/s", "workflows/s", "CPU us/step",
-                           "entries/commit"), by_concurrency(db, args.workflows))  # fmt: skip
+                           "entries/commit"),
+                          by_concurrency(db, durability, args.workflows))  # fmt: skip
             if "size" in only:
                 with database(backend, args.url, folder) as db:
                     table(f"steps per workflow: {args.workflows} sync workflows of S steps, C "
                           "at a time", ("C", "S", "workflows/s", "CPU us/workflow",
                                         "switches/workflow", "fit: us/workflow",
                                         "fit: us/step"),
-                          by_workflow_size(db, args.workflows))  # fmt: skip
+                          by_workflow_size(db, durability, args.workflows))  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print("\n(medians are not taken: one run per cell; compare within a run)")

@@ -14,9 +14,10 @@ workflows of ``steps`` sync steps, ``inflight / K`` at a time (caller threads ca
 ``engine.run``, as ``compare.py``'s throughput scenario does). The children warm up, wait at
 a barrier, run, and report; steps/s is measured by the parent from the barrier to the last
 child's report, CPU is the children's user + system time. Next to them, in the same run: the
-raw one-commit-per-step rate (one durable autocommitted ``INSERT`` per step, one thread),
-the baseline of issue 10's throughput target. Repetitions are interleaved (K=1, K=2, raw,
-K=1, ...) and medians reported. Exits 0: a benchmark, not a test.
+raw one-commit-per-step rate (one durable autocommitted ``INSERT`` per step, one thread:
+``_sys_raw.py``, the floor ``compare.py`` measures), the baseline of issue 10's target.
+Repetitions are interleaved (K=1, K=2, raw, K=1, ...) and medians reported. Exits 0: a
+benchmark, not a test.
 
 Figures and their reading: docs/benchmarks.md, "Several processes on one SQLite file".
 """
@@ -28,7 +29,6 @@ import json
 import os
 import resource
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -39,22 +39,11 @@ from typing import Any
 
 import perdure
 from _common import cpu_model, filesystem, run_many
+from growth import chain  # growth.py's workflow: a chain of trivial sync steps
 
-REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 WARMUP_WORKFLOWS = 20
-
-
-@perdure.step(name="bench.procs.inc")
-def inc(x: int) -> int:
-    return x + 1
-
-
-@perdure.workflow(name="bench.procs.chain")
-def chain(n: int) -> int:
-    x = 0
-    for _ in range(n):
-        x = inc(x)
-    return x
 
 
 def child(args: argparse.Namespace) -> None:
@@ -128,23 +117,26 @@ def processes(args: argparse.Namespace, k: int, db: Path) -> dict[str, float]:
     }
 
 
-def raw(args: argparse.Namespace, db: Path) -> dict[str, float]:
-    """One durable autocommitted INSERT per step, one thread: the one-commit-per-step rate."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("CREATE TABLE steps (workflow_id TEXT, position INTEGER, output TEXT)")
-    n = min(args.workflows * args.steps, 10_000)
-    for i in range(200):  # warm-up: the first commits grow the WAL file
-        conn.execute("INSERT INTO steps VALUES (?, ?, ?)", ("warm", i, "1"))
-    cpu0, start = time.process_time(), time.perf_counter()
-    for i in range(n):
-        conn.execute("INSERT INTO steps VALUES (?, ?, ?)", (f"w{i // args.steps}", i, "1"))
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    conn.close()
-    return {"steps_per_s": n / wall, "cpu_s": cpu * args.workflows * args.steps / n, "errors": 0}
+def raw(args: argparse.Namespace, folder: Path) -> dict[str, float]:
+    """The one-commit-per-step rate, measured by compare.py's own floor (``_sys_raw.py
+    throughput`` at concurrency 1: one durable autocommitted INSERT per step)."""
+    workflows = min(args.workflows, 1000)  # a rate: enough inserts to be steady
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "_sys_raw.py"), "throughput", "--backend", "sqlite",
+         "--dir", str(folder), "--workflows", str(workflows), "--steps", str(args.steps),
+         "--concurrency", "1"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"_sys_raw.py failed (exit {done.returncode}): {done.stderr[-500:]}")
+    found = json.loads(lines[0].removeprefix("RESULT "))
+    per_step = found["cpu_s"] / (found["ok"] * args.steps)
+    return {
+        "steps_per_s": found["steps_per_s"],
+        "cpu_s": per_step * args.workflows * args.steps,  # scaled to this run's step count
+        "errors": found["errors"],
+    }
 
 
 def main() -> int:
@@ -172,7 +164,7 @@ def main() -> int:
         for rep in range(args.repeat):
             for k in counts:
                 results.setdefault(f"perdure x{k}", []).append(processes(args, k, db))
-            results.setdefault("raw 1-commit", []).append(raw(args, db))
+            results.setdefault("raw 1-commit", []).append(raw(args, folder))
             print(f"  repetition {rep + 1} of {args.repeat} done", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
